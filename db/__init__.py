@@ -1,0 +1,1 @@
+"""Switchboard's storage: SQLAlchemy models, Alembic migrations and connection pools."""

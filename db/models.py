@@ -1,0 +1,247 @@
+"""SQLAlchemy 2.0 models: the schema's single description, used by Alembic and by tests.
+
+The hot paths (claim, lifecycle transitions, webhook) run hand-written SQL through
+psycopg; these models document the tables and drive migrations.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    Numeric,
+    SmallInteger,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+LEAD_STATUSES = (
+    "BACKLOG",
+    "QUEUED",
+    "DIALING",
+    "IN_CALL",
+    "COMPLETED",
+    "FAILED",
+    "EXPIRED",
+    "SKIPPED",
+    "CANCELLED",
+)
+OUTCOMES = (
+    "answered",
+    "completed",
+    "no_answer",
+    "busy",
+    "failed",
+    "voicemail",
+    "rejected",
+    "invalid",
+    "canceled",
+    "unknown",
+)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Template(Base):
+    __tablename__ = "templates"
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    calling_window: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    retry: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    frequency_cap: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    execution_mode: Mapped[str] = mapped_column(Text, nullable=False, server_default="telephony")
+    created_at: Mapped[dt.datetime] = _now()
+    updated_at: Mapped[dt.datetime] = _now()
+    __table_args__ = (
+        CheckConstraint(
+            "execution_mode IN ('telephony', 'telephony_alert')", name="templates_mode_ck"
+        ),
+    )
+
+
+class Lead(Base):
+    __tablename__ = "leads"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    reseller_id: Mapped[str] = mapped_column(Text, nullable=False)
+    merchant_id: Mapped[str | None] = mapped_column(Text)
+    phone: Mapped[str] = mapped_column(Text, nullable=False)
+    template: Mapped[str] = mapped_column(
+        Text, ForeignKey("templates.name", onupdate="CASCADE"), nullable=False
+    )
+    execution_mode: Mapped[str] = mapped_column(Text, nullable=False, server_default="telephony")
+    customer_name: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    priority: Mapped[int] = mapped_column(SmallInteger, nullable=False, server_default="5")
+    timezone: Mapped[str | None] = mapped_column(Text)
+    not_before: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    max_attempts: Mapped[int | None] = mapped_column(SmallInteger)
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    request_hash: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, nullable=False)
+    attempt_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    outcome: Mapped[str | None] = mapped_column(Text)
+    fence: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    current_attempt_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    created_at: Mapped[dt.datetime] = _now()
+    updated_at: Mapped[dt.datetime] = _now()
+    __table_args__ = (
+        CheckConstraint(_in("status", LEAD_STATUSES), name="leads_status_ck"),
+        CheckConstraint("priority BETWEEN 1 AND 10", name="leads_priority_ck"),
+        CheckConstraint(
+            "max_attempts IS NULL OR max_attempts BETWEEN 1 AND 20", name="leads_max_attempts_ck"
+        ),
+        # Serves the claim; finished rows leave it, so it follows the live backlog.
+        Index(
+            "leads_claim_idx",
+            text("priority DESC"),
+            "next_attempt_at",
+            postgresql_where=text("status = 'BACKLOG'"),
+        ),
+        # Serves "when is the next lead due" for the scheduler's sleep.
+        Index("leads_due_idx", "next_attempt_at", postgresql_where=text("status = 'BACKLOG'")),
+        # Serves the count of leads holding or about to hold a channel, and lease expiry.
+        Index(
+            "leads_active_idx",
+            "status",
+            "lease_expires_at",
+            postgresql_where=text("status IN ('QUEUED', 'DIALING', 'IN_CALL')"),
+        ),
+        Index(
+            "leads_idempotency_uq",
+            "reseller_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        Index("leads_reseller_id_idx", "reseller_id", text("id DESC")),
+        Index("leads_phone_idx", "phone"),
+    )
+
+
+class OutboundNumber(Base):
+    __tablename__ = "outbound_numbers"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    e164: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    provider: Mapped[str] = mapped_column(Text, nullable=False, server_default="simulator")
+    max_channels: Mapped[int] = mapped_column(Integer, nullable=False)
+    cps: Mapped[Decimal | None] = mapped_column(Numeric)
+    reseller_id: Mapped[str | None] = mapped_column(Text)
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="true")
+    created_at: Mapped[dt.datetime] = _now()
+    updated_at: Mapped[dt.datetime] = _now()
+    __table_args__ = (
+        CheckConstraint("max_channels >= 1", name="numbers_channels_ck"),
+        CheckConstraint("cps IS NULL OR cps > 0", name="numbers_cps_ck"),
+    )
+
+
+class CallAttempt(Base):
+    __tablename__ = "call_attempts"
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    lead_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("leads.id", ondelete="CASCADE"), nullable=False
+    )
+    attempt_no: Mapped[int] = mapped_column(Integer, nullable=False)
+    reseller_id: Mapped[str] = mapped_column(Text, nullable=False)
+    phone: Mapped[str] = mapped_column(Text, nullable=False)
+    number_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("outbound_numbers.id"), nullable=False
+    )
+    number: Mapped[str] = mapped_column(Text, nullable=False)
+    provider: Mapped[str] = mapped_column(Text, nullable=False)
+    provider_call_id: Mapped[str | None] = mapped_column(Text)
+    # created → initiated → ringing → in-progress → ended; never moves backwards.
+    call_state: Mapped[str] = mapped_column(Text, nullable=False, server_default="created")
+    outcome: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    answered_by: Mapped[str | None] = mapped_column(Text)
+    digits: Mapped[str | None] = mapped_column(Text)
+    due_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[dt.datetime] = _now()
+    placed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    answered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    duration_s: Mapped[Decimal | None] = mapped_column(Numeric)
+    __table_args__ = (
+        CheckConstraint(
+            "outcome IS NULL OR " + _in("outcome", OUTCOMES), name="attempts_outcome_ck"
+        ),
+        Index("call_attempts_lead_uq", "lead_id", "attempt_no", unique=True),
+        Index("call_attempts_provider_call_idx", "provider_call_id"),
+        Index("call_attempts_open_idx", "number_id", postgresql_where=text("ended_at IS NULL")),
+        Index("call_attempts_phone_idx", "reseller_id", "phone", "started_at"),
+    )
+
+
+class LeadEvent(Base):
+    __tablename__ = "lead_events"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    lead_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("leads.id", ondelete="CASCADE"), nullable=False
+    )
+    from_status: Mapped[str | None] = mapped_column(Text)
+    to_status: Mapped[str] = mapped_column(Text, nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempt_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    at: Mapped[dt.datetime] = _now()
+    __table_args__ = (Index("lead_events_lead_idx", "lead_id", "id"),)
+
+
+class DoNotCall(Base):
+    __tablename__ = "dnc"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    phone: Mapped[str] = mapped_column(Text, nullable=False)
+    # NULL: the global list; otherwise that reseller's own list.
+    reseller_id: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = _now()
+    __table_args__ = (
+        Index("dnc_phone_uq", "phone", text("coalesce(reseller_id, '')"), unique=True),
+    )
+
+
+class Control(Base):
+    __tablename__ = "controls"
+    scope: Mapped[str] = mapped_column(Text, primary_key=True)
+    scope_id: Mapped[str] = mapped_column(Text, primary_key=True, server_default="")
+    paused: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    updated_at: Mapped[dt.datetime] = _now()
+    __table_args__ = (
+        CheckConstraint("scope IN ('global', 'reseller', 'number')", name="controls_scope_ck"),
+    )
+
+
+class WebhookEvent(Base):
+    """Provider events already applied: the primary key makes each apply once."""
+
+    __tablename__ = "webhook_events"
+    provider: Mapped[str] = mapped_column(Text, primary_key=True)
+    event_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    received_at: Mapped[dt.datetime] = _now()

@@ -1,0 +1,1 @@
+"""Switchboard's engine: the lead lifecycle, scheduler, actors, channels and telephony."""

@@ -1,0 +1,107 @@
+"""Every setting Switchboard reads, in one place.
+
+Each field has an environment variable and a default; the CLI's flags override the
+environment by passing keyword arguments to `Settings.load`. No other module reads
+`os.environ` for configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _env(name: str) -> dict[str, Any]:
+    return {"env": name}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = field(default=None, metadata=_env("DATABASE_URL"))
+    redis_url: str | None = field(default=None, metadata=_env("REDIS_URL"))
+    jwt_secret: str = field(
+        default="switchboard-dev-secret-change-me-0123456789",
+        metadata=_env("SWITCHBOARD_JWT_SECRET"),
+    )
+    webhook_secret: str = field(
+        default="switchboard-dev-webhook-secret", metadata=_env("SWITCHBOARD_WEBHOOK_SECRET")
+    )
+    data_dir: Path = field(default=Path(".switchboard"), metadata=_env("SWITCHBOARD_DATA_DIR"))
+    api_host: str = field(default="127.0.0.1", metadata=_env("SWITCHBOARD_API_HOST"))
+    api_port: int = field(default=8000, metadata=_env("SWITCHBOARD_API_PORT"))
+    sim_host: str = field(default="127.0.0.1", metadata=_env("SWITCHBOARD_SIM_HOST"))
+    sim_port: int = field(default=8001, metadata=_env("SWITCHBOARD_SIM_PORT"))
+    # Where the simulator adapter sends place-call requests; defaults to sim_host:sim_port.
+    sim_url: str | None = field(default=None, metadata=_env("SWITCHBOARD_SIM_URL"))
+    # Base URL providers post status callbacks to; defaults to api_host:api_port.
+    public_url: str | None = field(default=None, metadata=_env("SWITCHBOARD_PUBLIC_URL"))
+    redis_prefix: str = field(default="sb", metadata=_env("SWITCHBOARD_REDIS_PREFIX"))
+    # A claimed lead must reach DIALING within this many seconds or it returns to BACKLOG.
+    lease_s: float = field(default=30.0, metadata=_env("SWITCHBOARD_LEASE_S"))
+    # Longest call we expect; past it (plus grace) a call with no final status is reconciled.
+    max_call_s: float = field(default=3600.0, metadata=_env("SWITCHBOARD_MAX_CALL_S"))
+    call_grace_s: float = field(default=60.0, metadata=_env("SWITCHBOARD_CALL_GRACE_S"))
+    # A lead that found no free channel at dispatch waits this long before the next claim.
+    no_channel_delay_s: float = field(default=1.0, metadata=_env("SWITCHBOARD_NO_CHANNEL_DELAY_S"))
+    reconcile_interval_s: float = field(
+        default=2.0, metadata=_env("SWITCHBOARD_RECONCILE_INTERVAL_S")
+    )
+    # Longest the scheduler sleeps without a NOTIFY or a known due time.
+    scheduler_safety_s: float = field(default=1.0, metadata=_env("SWITCHBOARD_SCHEDULER_SAFETY_S"))
+    claim_batch: int = field(default=500, metadata=_env("SWITCHBOARD_CLAIM_BATCH"))
+    provider_timeout_s: float = field(default=10.0, metadata=_env("SWITCHBOARD_PROVIDER_TIMEOUT_S"))
+    worker_processes: int = field(default=1, metadata=_env("SWITCHBOARD_WORKER_PROCESSES"))
+    worker_threads: int = field(default=8, metadata=_env("SWITCHBOARD_WORKER_THREADS"))
+    db_pool_size: int = field(default=10, metadata=_env("SWITCHBOARD_DB_POOL_SIZE"))
+    twilio_account_sid: str | None = field(default=None, metadata=_env("TWILIO_ACCOUNT_SID"))
+    twilio_auth_token: str | None = field(default=None, metadata=_env("TWILIO_AUTH_TOKEN"))
+    log_level: str = field(default="INFO", metadata=_env("SWITCHBOARD_LOG_LEVEL"))
+    log_json: bool = field(default=True, metadata=_env("SWITCHBOARD_LOG_JSON"))
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from `env` (default: the process environment), then `overrides`."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is not None and raw != "":
+                values[f.name] = _coerce(f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        out: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.metadata["env"]] = (
+                    str(value).lower() if isinstance(value, bool) else str(value)
+                )
+        return out
+
+    @property
+    def simulator_url(self) -> str:
+        return self.sim_url or f"http://{self.sim_host}:{self.sim_port}"
+
+    @property
+    def callback_base_url(self) -> str:
+        return self.public_url or f"http://{self.api_host}:{self.api_port}"
+
+
+def _coerce(type_name: Any, raw: str) -> Any:
+    name = str(type_name)
+    if name.startswith("bool"):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if name.startswith("int"):
+        return int(raw)
+    if name.startswith("float"):
+        return float(raw)
+    if name.startswith("Path"):
+        return Path(raw)
+    return raw

@@ -1,0 +1,1 @@
+"""Switchboard's REST API (Litestar): routes, auth, webhooks, health."""
