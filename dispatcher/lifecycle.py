@@ -355,7 +355,22 @@ def end_call(
 ) -> CallEnded | None:
     """End an attempt once and apply the template's retry rules to its lead.
 
-    None when the attempt had already ended (a repeated or late final status)."""
+    None when the attempt had already ended (a repeated or late final status). Locks
+    the lead before the attempt, the order every writer of both follows."""
+    found = conn.execute(
+        "SELECT lead_id FROM call_attempts WHERE id = %s AND ended_at IS NULL", (attempt_id,)
+    ).fetchone()
+    if found is None:
+        return None
+    lead = conn.execute(
+        """
+        SELECT l.id, l.status, l.current_attempt_id, l.attempt_count, l.max_attempts, t.retry
+        FROM leads l JOIN templates t ON t.name = l.template
+        WHERE l.id = %s
+        FOR UPDATE OF l
+        """,
+        (found["lead_id"],),
+    ).fetchone()
     attempt = conn.execute(
         """
         UPDATE call_attempts SET outcome = %s, error = coalesce(%s, error),
@@ -368,15 +383,10 @@ def end_call(
     ).fetchone()
     if attempt is None:
         return None
-    lead = conn.execute(
-        """
-        SELECT l.id, l.attempt_count, l.max_attempts, t.retry
-        FROM leads l JOIN templates t ON t.name = l.template
-        WHERE l.id = %s AND l.status IN ('DIALING', 'IN_CALL') AND l.current_attempt_id = %s
-        FOR UPDATE OF l
-        """,
-        (attempt["lead_id"], attempt_id),
-    ).fetchone()
+    if lead is not None and (
+        lead["status"] not in ("DIALING", "IN_CALL") or lead["current_attempt_id"] != attempt_id
+    ):
+        lead = None
     notify(conn)  # a channel is free either way
     if lead is None:
         return CallEnded(attempt_id, attempt["lead_id"], attempt["number_id"], outcome, None)

@@ -1,0 +1,110 @@
+"""Per-number channel slots in Redis: a counting semaphore that cannot over-dial.
+
+A number's holders are a sorted set, member = attempt id, score = lease expiry (ms).
+Acquire drops expired holders and adds the attempt only while fewer than `max_channels`
+hold it; release removes the attempt id, so releasing twice is harmless and a crashed
+holder expires by itself (the list-of-tokens design duplicates tokens on a double
+release and leaks them on a crash). Each number also has a `ready` marker set when its
+semaphore was last rebuilt from PostgreSQL: after a flush the marker is gone and every
+acquire fails until the reconciler rebuilds, so a flushed Redis costs a pause, never
+an over-dial. Keys share a hash tag per number for Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import redis
+
+# Not Dramatiq's ConcurrentRateLimiter: our slot is taken by the dispatch actor and
+# released by the webhook in another process, by attempt id, with a per-number limit
+# read from PostgreSQL at each acquire.
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# ARGV: now_ms, lease_ms, grace_ms, then the attempt ids in flight per PostgreSQL.
+# Holders PostgreSQL does not know are kept for `grace` after they were taken (their
+# attempt row may not be committed yet), then dropped; known ones are (re-)added.
+_REBUILD = """
+local now = tonumber(ARGV[1])
+local lease = tonumber(ARGV[2])
+local grace = tonumber(ARGV[3])
+local known = {}
+for i = 4, #ARGV do known[ARGV[i]] = true end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local holders = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local removed = 0
+for i = 1, #holders, 2 do
+  local member, expiry = holders[i], tonumber(holders[i + 1])
+  if not known[member] and expiry - lease < now - grace then
+    redis.call('ZREM', KEYS[1], member)
+    removed = removed + 1
+  end
+end
+local added = 0
+for i = 4, #ARGV do
+  if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+    added = added + 1
+  end
+end
+redis.call('SET', KEYS[2], now)
+return {added, removed}
+"""
+
+
+class Channels:
+    def __init__(self, client: redis.Redis, prefix: str, lease_s: float, grace_s: float) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._lease_ms = int(lease_s * 1000)
+        self._grace_ms = int(grace_s * 1000)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._rebuild = client.register_script(_REBUILD)
+
+    def key(self, number_id: int) -> str:
+        return f"{self._prefix}:chan:{{{number_id}}}"
+
+    def ready_key(self, number_id: int) -> str:
+        return f"{self._prefix}:chan:{{{number_id}}}:ready"
+
+    def acquire(self, number_id: int, attempt_id: str, max_channels: int) -> bool | None:
+        """True: slot taken; False: all channels busy; None: not rebuilt since a flush."""
+        now = _now_ms()
+        result = self._acquire(
+            keys=[self.key(number_id), self.ready_key(number_id)],
+            args=[now, now + self._lease_ms, attempt_id, max_channels],
+        )
+        return None if result == -1 else bool(result)
+
+    def release(self, number_id: int, attempt_id: str) -> None:
+        self._redis.zrem(self.key(number_id), attempt_id)
+
+    def holders(self, number_id: int) -> set[str]:
+        now = _now_ms()
+        members = self._redis.zrangebyscore(self.key(number_id), now, "+inf")
+        return {m.decode() if isinstance(m, bytes) else m for m in members}
+
+    def rebuild(self, number_id: int, in_flight: Iterable[str]) -> tuple[int, int]:
+        """Make the semaphore match PostgreSQL's in-flight attempts; (added, removed)."""
+        added, removed = self._rebuild(
+            keys=[self.key(number_id), self.ready_key(number_id)],
+            args=[_now_ms(), self._lease_ms, self._grace_ms, *in_flight],
+        )
+        return int(added), int(removed)
+
+    def is_ready(self, number_id: int) -> bool:
+        return bool(self._redis.exists(self.ready_key(number_id)))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,1 @@
+"""Telephony providers behind one small interface (see `base`)."""
