@@ -1,0 +1,115 @@
+"""The scheduler: claims due leads, as many as there are free channels, and hands each to
+the dispatch actor. Any number may run; SKIP LOCKED needs no leader.
+
+It sleeps until the earliest of a NOTIFY (a lead became due, a channel was freed), the
+next lead's `next_attempt_at`, the next reconcile pass, or a short safety timeout: no
+fixed polling tick.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from psycopg import Connection
+
+from db.pool import connect
+from dispatcher import lifecycle, reconcile
+from dispatcher.lifecycle import Claimed
+from dispatcher.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+Send = Callable[[Sequence[Claimed]], None]
+
+
+@dataclass(frozen=True)
+class Tick:
+    claimed: int
+    free: int
+    sleep_s: float  # how long nothing is due, capped by the safety timeout
+
+
+def free_channels(conn: Connection) -> int:
+    """Channels of enabled numbers minus leads that hold or are about to hold one."""
+    row = conn.execute(
+        """
+        SELECT (SELECT coalesce(sum(max_channels), 0) FROM outbound_numbers WHERE enabled)
+             - (SELECT count(*) FROM leads WHERE status IN ('QUEUED', 'DIALING', 'IN_CALL'))
+             AS free
+        """
+    ).fetchone()
+    return max(int(row["free"]), 0) if row else 0
+
+
+def seconds_until_next_due(conn: Connection) -> float | None:
+    row = conn.execute(
+        "SELECT extract(epoch FROM min(next_attempt_at) - now()) AS s FROM leads"
+        " WHERE status = 'BACKLOG'"
+    ).fetchone()
+    return None if row is None or row["s"] is None else max(float(row["s"]), 0.0)
+
+
+def tick(rt: Runtime, send: Send) -> Tick:
+    """One claim: commit the claim, then send the messages (a crash in between leaves
+    leases that the reconciler expires). `sleep_s` is 0 when the claim was full."""
+    settings = rt.settings
+    with rt.pool.connection() as conn:
+        with conn.transaction():
+            free = free_channels(conn)
+            limit = min(free, settings.claim_batch)
+            claimed = lifecycle.claim(conn, limit, settings.lease_s)
+        if claimed:
+            send(claimed)
+        if claimed and len(claimed) == limit:
+            return Tick(len(claimed), free, 0.0)
+        # Nothing more is due now, or no channel is free (then a NOTIFY wakes us).
+        wait = seconds_until_next_due(conn) if free > len(claimed) else None
+    sleep_s = (
+        settings.scheduler_safety_s if wait is None else min(wait, settings.scheduler_safety_s)
+    )
+    return Tick(len(claimed), free, sleep_s)
+
+
+def run(rt: Runtime, send: Send, stop: threading.Event) -> None:
+    """Loop until `stop` is set."""
+    settings = rt.settings
+    assert settings.database_url
+    listener = connect(settings.database_url, autocommit=True)
+    listener.execute(f"LISTEN {lifecycle.NOTIFY_CHANNEL}")
+    next_reconcile = 0.0
+    log.info("scheduler_started")
+    try:
+        while not stop.is_set():
+            if time.monotonic() >= next_reconcile:
+                _guarded(reconcile.run_all, rt)
+                next_reconcile = time.monotonic() + settings.reconcile_interval_s
+            result = _guarded(tick, rt, send)
+            sleep_s = settings.scheduler_safety_s if result is None else result.sleep_s
+            sleep_s = min(sleep_s, max(next_reconcile - time.monotonic(), 0.0))
+            if sleep_s > 0:
+                for _ in listener.notifies(timeout=sleep_s, stop_after=1):
+                    pass
+    finally:
+        listener.close()
+        log.info("scheduler_stopped")
+
+
+def _guarded(fn: Callable[..., object], *args: object) -> object:
+    """Keep the loop alive through a database or Redis outage; log and retry later."""
+    try:
+        return fn(*args)
+    except Exception:
+        log.exception("scheduler_step_failed", step=getattr(fn, "__name__", str(fn)))
+        time.sleep(0.5)
+        return None
+
+
+def send_to_dramatiq(claimed: Sequence[Claimed]) -> None:
+    from dispatcher.actors import dispatch_lead
+
+    for c in claimed:
+        dispatch_lead.send(c.lead_id, c.fence)
