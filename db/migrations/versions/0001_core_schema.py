@@ -175,7 +175,7 @@ def upgrade() -> None:
     op.create_index(
         "leads_claim_idx",
         "leads",
-        [sa.literal_column("priority DESC"), "next_attempt_at"],
+        [sa.literal_column("priority DESC"), "next_attempt_at", "id"],
         unique=False,
         postgresql_where=sa.text("status = 'BACKLOG'"),
     )
