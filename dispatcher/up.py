@@ -87,7 +87,8 @@ def _ensure_demo_number(database_url: str) -> None:
     with connect(database_url) as conn:
         if conn.execute("SELECT 1 FROM outbound_numbers LIMIT 1").fetchone() is None:
             conn.execute(
-                "INSERT INTO outbound_numbers (e164, provider, max_channels) VALUES (%s, 'simulator', 4)",
+                "INSERT INTO outbound_numbers (e164, provider, max_channels)"
+                " VALUES (%s, 'simulator', 4)",
                 (DEMO_NUMBER,),
             )
 

@@ -129,7 +129,7 @@ def test_no_free_slot_defers_without_an_attempt(rt: Runtime, provider: InMemoryP
 def test_flushed_redis_blocks_dialing_until_rebuilt(
     rt: Runtime, provider: InMemoryProvider
 ) -> None:
-    a, b, c = _add_leads(rt, 3)
+    _add_leads(rt, 3)
     claimed = _tick(rt)
     dispatch_lead(rt, claimed[0].lead_id, claimed[0].fence)
     rt.redis.flushdb()  # the in-flight call's slot is gone

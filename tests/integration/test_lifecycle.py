@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from dispatcher import lifecycle
 from dispatcher.lifecycle import NewAttempt, NewLead
@@ -96,7 +97,8 @@ def test_stale_fence_cannot_dial(conn: psycopg.Connection) -> None:
 
 def test_call_end_applies_retry_then_fails(conn: psycopg.Connection) -> None:
     conn.execute(
-        'UPDATE templates SET retry = \'{"max_attempts": 2, "retry_on": ["busy"], "delay_s": 0, "backoff": "fixed"}\' WHERE name = \'default\''
+        "UPDATE templates SET retry = %s WHERE name = 'default'",
+        (Jsonb({"max_attempts": 2, "retry_on": ["busy"], "delay_s": 0, "backoff": "fixed"}),),
     )
     (lead_id,) = lifecycle.create_leads(conn, [_lead()])
     outcomes = []
