@@ -81,10 +81,10 @@ class TwilioProvider:
 
         Twilio has no idempotency key on call create: a repeated create is a second call.
         What stops a second dial is our attempt row, committed and guarded before this is
-        called, plus the attempt id in the callback URL, which ties every callback (and a
-        call we never heard back about) to exactly that attempt. A ProviderError after a
-        read timeout may therefore hide a call that was placed; its callbacks still find
-        the attempt through the attempt id.
+        called, plus the attempt id in the status-callback URL, which ties every callback
+        to exactly that attempt, even for a call whose create response never reached us.
+        So a ProviderError after a read timeout may hide a call that Twilio did place; its
+        callbacks still find the attempt through the attempt id.
         """
         params: dict[str, Any] = {
             "to": request.to,

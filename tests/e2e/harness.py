@@ -33,6 +33,7 @@ class System:
     settings: Settings
     log_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _logs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -44,7 +45,7 @@ class System:
 
     def start(self, name: str, command: str, *args: str) -> None:
         env = {**os.environ, **self.settings.to_env()}
-        log = (self.log_dir / f"{name}.log").open("ab")
+        log = self._logs[name] = (self.log_dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "dispatcher.cli", command, *args],
             env=env,
@@ -58,6 +59,7 @@ class System:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         proc.wait(timeout=30)
+        self._logs.pop(name).close()
 
     def stop_all(self) -> None:
         for name in list(self.procs):

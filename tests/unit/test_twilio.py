@@ -214,6 +214,21 @@ def test_the_timeout_reaches_the_default_transport() -> None:
         provider.close()
 
 
+def test_twilio_variables_in_the_process_environment_are_not_read(
+    http: FakeTwilioHttp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # settings.py is the one reader of the environment; the SDK would otherwise route
+    # every request to another region on a stray TWILIO_REGION.
+    monkeypatch.setenv("TWILIO_REGION", "ie1")
+    monkeypatch.setenv("TWILIO_EDGE", "dublin")
+    provider = TwilioProvider(ACCOUNT_SID, AUTH_TOKEN, http_client=http)
+    http.reply(201, call_json())
+
+    provider.place_call(call_request())
+
+    assert urlsplit(http.requests[0].url).netloc == "api.twilio.com"
+
+
 def test_with_query_keeps_other_parameters() -> None:
     assert with_query("https://h/p?a=1&b=", b="2", c="3") == "https://h/p?a=1&b=2&c=3"
 
