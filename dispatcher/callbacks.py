@@ -67,10 +67,19 @@ def apply_status(conn: Connection, event: CallEvent) -> CallEnded | None:
         """
         UPDATE call_attempts SET call_state = %s,
             provider_call_id = coalesce(provider_call_id, %s),
+            digits = coalesce(%s, digits), answered_by = coalesce(%s, answered_by),
             answered_at = CASE WHEN %s THEN coalesce(answered_at, now()) ELSE answered_at END
         WHERE id = %s AND ended_at IS NULL AND call_state = ANY(%s)
         """,
-        (event.status, event.call_id, event.status == "in-progress", attempt_id, earlier),
+        (
+            event.status,
+            event.call_id,
+            event.digits,
+            event.answered_by,
+            event.status == "in-progress",
+            attempt_id,
+            earlier,
+        ),
     )
     return None
 

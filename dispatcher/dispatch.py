@@ -19,7 +19,7 @@ from psycopg import Connection
 from dispatcher import lifecycle
 from dispatcher.lifecycle import CallEnded, NewAttempt, Row
 from dispatcher.runtime import Runtime
-from dispatcher.telephony.base import CallRequest, ProviderError
+from dispatcher.telephony.base import CallRequest, CallStateUnknown, ProviderError
 
 log = structlog.get_logger(__name__)
 
@@ -138,6 +138,11 @@ def _place(
         )
         try:
             call_id = rt.provider(number.provider).place_call(request)
+        except CallStateUnknown as exc:
+            log.warning(
+                "call_state_unknown", lead_id=lead["id"], attempt_id=str(attempt_id), error=str(exc)
+            )
+            return "unknown", None  # the reconciler asks the provider, then ends or keeps it
         except ProviderError as exc:
             ended = lifecycle.end_call(conn, attempt_id, "failed", error=f"provider: {exc}")
             return "provider_error", ended

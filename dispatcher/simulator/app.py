@@ -15,8 +15,10 @@ from typing import Any
 
 import httpx
 from litestar import Litestar, Request, Response, get, post, put
-from litestar.di import Provide
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 
 from dispatcher.settings import Settings
 from dispatcher.simulator.engine import (
@@ -29,6 +31,8 @@ from dispatcher.simulator.engine import (
 from dispatcher.telephony.signing import SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
+
+Sim = NamedDependency[Simulator]  # injected by name; see `create_app`
 
 RETRY_STATUSES = frozenset({429}) | frozenset(range(500, 600))
 
@@ -108,7 +112,7 @@ async def _json_body(request: Request[Any, Any, Any], *, optional: bool = False)
 
 
 @post("/calls", status_code=201)
-async def place_call(request: Request[Any, Any, Any], sim: Simulator) -> Response[Any]:
+async def place_call(request: Request[Any, Any, Any], sim: Sim) -> Response[Any]:
     """Place a call; a repeated attempt id returns the same call with 200."""
     call, created = sim.place(parse_place_request(await _json_body(request)))
     if created:
@@ -119,7 +123,7 @@ async def place_call(request: Request[Any, Any, Any], sim: Simulator) -> Respons
 
 
 @get("/calls/{attempt_id:str}")
-async def get_call(attempt_id: str, sim: Simulator) -> dict[str, Any]:
+async def get_call(attempt_id: FromPath[str], sim: Sim) -> dict[str, Any]:
     call = sim.lookup(attempt_id)
     if call is None:
         raise NotFoundException(f"no call for attempt {attempt_id}")
@@ -127,39 +131,39 @@ async def get_call(attempt_id: str, sim: Simulator) -> dict[str, Any]:
 
 
 @get("/sim/calls")
-async def list_calls(sim: Simulator) -> list[dict[str, Any]]:
+async def list_calls(sim: Sim) -> list[dict[str, Any]]:
     return [c.ledger_json() for c in sim.calls()]
 
 
 @get("/sim/stats")
-async def get_stats(sim: Simulator) -> dict[str, Any]:
+async def get_stats(sim: Sim) -> dict[str, Any]:
     return sim.stats()
 
 
 @put("/sim/script")
-async def put_script(request: Request[Any, Any, Any], sim: Simulator) -> dict[str, Any]:
+async def put_script(request: Request[Any, Any, Any], sim: Sim) -> dict[str, Any]:
     """Replace the listed numbers' scripts; returns every script still pending."""
     return sim.set_script(await _json_body(request))
 
 
 @get("/sim/script")
-async def get_script(sim: Simulator) -> dict[str, Any]:
+async def get_script(sim: Sim) -> dict[str, Any]:
     return sim.scripts()
 
 
 @put("/sim/config")
-async def put_config(request: Request[Any, Any, Any], sim: Simulator) -> dict[str, Any]:
+async def put_config(request: Request[Any, Any, Any], sim: Sim) -> dict[str, Any]:
     """Partial update; returns the whole config now in force."""
     return sim.configure(await _json_body(request)).to_json()
 
 
 @get("/sim/config")
-async def get_config(sim: Simulator) -> dict[str, Any]:
+async def get_config(sim: Sim) -> dict[str, Any]:
     return sim.config.to_json()
 
 
 @post("/sim/reset", status_code=200)
-async def reset(request: Request[Any, Any, Any], sim: Simulator) -> dict[str, Any]:
+async def reset(request: Request[Any, Any, Any], sim: Sim) -> dict[str, Any]:
     """Clear calls, stats and scripts, cancelling calls still playing out.
 
     The config is kept, so a test can configure once and reset between cases; send
@@ -208,7 +212,8 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Litestar:
     """The simulator app. `config` replaces the default simulation config; `transport`
-    routes callbacks somewhere other than the network (tests)."""
+    routes callbacks somewhere other than the network (tests). The engine is at
+    `app.state.simulator`."""
     sender = CallbackSender(settings.webhook_secret, transport=transport)
     sim = Simulator(sender.deliver, config)
 
@@ -239,5 +244,7 @@ def create_app(
         dependencies={"sim": Provide(provide_sim, sync_to_thread=False)},
         exception_handlers={InvalidInput: _invalid, IdempotencyConflict: _conflict},
         lifespan=[lifespan],
-        state=None,
+        # The process (the CLI) owns logging; Litestar's default would replace its handlers.
+        logging_config=None,
+        state=State({"simulator": sim}),
     )

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from dispatcher.logs import mask_phone
+
 log = logging.getLogger(__name__)
 
 OUTCOMES = (
@@ -74,11 +76,6 @@ class InvalidInput(ValueError):
 
 class IdempotencyConflict(Exception):
     """An attempt id already used for a different lead: the key was reused, not retried."""
-
-
-def mask_phone(number: str) -> str:
-    """Keep only the last four digits, so logs never carry a callee's full number."""
-    return "*" * max(len(number) - 4, 0) + number[-4:]
 
 
 # ---------------------------------------------------------------- configuration

@@ -24,6 +24,12 @@ class ProviderError(Exception):
     """The provider refused or could not be reached; no call was placed by this request."""
 
 
+class CallStateUnknown(ProviderError):
+    """The request may have reached the provider (it timed out after being sent): the
+    call may be up. The attempt stays open until a callback or a status lookup settles
+    it, so the lead is never dialed again on a guess."""
+
+
 class BadSignature(Exception):
     """A callback whose signature does not verify: it is not from our provider."""
 

@@ -20,6 +20,7 @@ from dispatcher.telephony.base import (
     BadSignature,
     CallEvent,
     CallRequest,
+    CallStateUnknown,
     ProviderError,
 )
 from dispatcher.telephony.signing import SIGNATURE_HEADER, verify
@@ -80,7 +81,7 @@ class SimulatorProvider:
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             status = data.get("status")
-            data.setdefault("event_id", f"lookup:{data.get('call_id')}:{status}")
+            data.setdefault("event_id", f"{data.get('call_id')}:{status}:fetch")
             return event_from_json(data)
         except ValueError as exc:
             raise ProviderError(f"simulator: fetch call {attempt_id}: {exc}") from exc
@@ -106,6 +107,13 @@ class SimulatorProvider:
     ) -> httpx.Response:
         try:
             return self._client.request(method, path, json=body)
+        except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError) as exc:
+            # Sent, but no answer: the simulator may have placed the call.
+            error = CallStateUnknown if method == "POST" else ProviderError
+            raise error(
+                f"simulator at {self.base_url}: {method} {path} for attempt {attempt_id}: "
+                f"no answer after sending: {type(exc).__name__}"
+            ) from exc
         except httpx.HTTPError as exc:
             raise ProviderError(
                 f"simulator at {self.base_url}: {method} {path} for attempt {attempt_id} "
