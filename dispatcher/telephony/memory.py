@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dispatcher.telephony.base import CallEvent, CallRequest, ProviderError
+from dispatcher.telephony.base import CallEvent, CallRequest, CallStateUnknown, ProviderError
 
 
 @dataclass
@@ -20,6 +20,8 @@ class InMemoryProvider:
     name: str = "simulator"
     # Raise ProviderError for the next N place_call requests.
     fail_next: int = 0
+    # Place the next N calls but answer as if the response was lost (a timeout).
+    lose_answer_next: int = 0
     requests: list[CallRequest] = field(default_factory=list)
     calls: dict[uuid.UUID, CallEvent] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
@@ -38,6 +40,9 @@ class InMemoryProvider:
             self.calls[request.attempt_id] = CallEvent(
                 f"{call_id}:initiated", call_id, request.attempt_id, "initiated"
             )
+            if self.lose_answer_next > 0:
+                self.lose_answer_next -= 1
+                raise CallStateUnknown("scripted lost answer")
             return call_id
 
     def finish(self, attempt_id: uuid.UUID, status: str, **kw: object) -> CallEvent:

@@ -271,3 +271,27 @@ def test_notify_reaches_a_listener(database_url: str) -> None:
             lifecycle.notify(conn)
         got = list(listener.notifies(timeout=2, stop_after=1))
     assert [n.channel for n in got] == [lifecycle.NOTIFY_CHANNEL]
+
+
+def test_lost_answer_keeps_attempt_open_until_provider_confirms(
+    rt: Runtime, provider: InMemoryProvider
+) -> None:
+    """A place-call that timed out after sending may have dialed: never dial again on a
+    guess; the reconciler asks the provider and adopts the call it finds."""
+    (lead_id,) = _add_leads(rt, 1)
+    provider.lose_answer_next = 1
+    (c,) = _tick(rt)
+    assert dispatch_lead(rt, lead_id, c.fence) == "unknown"
+    assert _status(rt, lead_id) == "DIALING"
+    assert rt.channels.holders(1) != set()  # the slot stays held while the call may be up
+    with rt.pool.connection() as conn:
+        conn.execute("UPDATE call_attempts SET started_at = now() - interval '10 seconds'")
+    reconcile.run_all(rt)
+    assert _status(rt, lead_id) == "IN_CALL"
+    with rt.pool.connection() as conn:
+        row = conn.execute("SELECT provider_call_id FROM call_attempts").fetchone()
+    assert row == {
+        "provider_call_id": provider.requests[0]
+        and provider.calls[provider.requests[0].attempt_id].call_id
+    }
+    assert len(provider.requests) == 1
