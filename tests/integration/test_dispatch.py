@@ -290,8 +290,6 @@ def test_lost_answer_keeps_attempt_open_until_provider_confirms(
     assert _status(rt, lead_id) == "IN_CALL"
     with rt.pool.connection() as conn:
         row = conn.execute("SELECT provider_call_id FROM call_attempts").fetchone()
-    assert row == {
-        "provider_call_id": provider.requests[0]
-        and provider.calls[provider.requests[0].attempt_id].call_id
-    }
+    call_id = provider.calls[provider.requests[0].attempt_id].call_id
+    assert row == {"provider_call_id": call_id}
     assert len(provider.requests) == 1
