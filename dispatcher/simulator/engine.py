@@ -303,6 +303,9 @@ class SimCall:
     placed_at: float
     status: str = "queued"
     ended_at: float | None = None
+    # The last callback queued for delivery: the next one waits for it, so callbacks
+    # arrive in order while the call's own timeline never waits for the webhook.
+    sending: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def answered(self) -> bool:
@@ -596,10 +599,26 @@ class Simulator:
             self._books.dropped += 1
             log.info("dropping final callback of %s (fault injection)", call.call_id)
         else:
-            await self._send(call, final)
+            self._post(call, final)
         if late is not None:
             self._books.reordered += 1
-            await self._send(call, late)
+            self._post(call, late)
+        if call.sending is not None:
+            await call.sending
+
+    def _post(self, call: SimCall, event: dict[str, Any]) -> None:
+        """Queue `event` behind the call's earlier callbacks, like a provider's webhook
+        queue: delivery is ordered per call and does not hold up the call."""
+        previous = call.sending
+
+        async def deliver() -> None:
+            if previous is not None:
+                await previous
+            await self._send(call, event)
+
+        task = call.sending = asyncio.get_running_loop().create_task(deliver())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _end(self, call: SimCall) -> None:
         if call.ended_at is not None:
@@ -614,7 +633,7 @@ class Simulator:
 
     async def _emit(self, call: SimCall, status: str) -> None:
         call.status = status
-        await self._send(call, self._event(call, status))
+        self._post(call, self._event(call, status))
 
     def _event(self, call: SimCall, status: str) -> dict[str, Any]:
         final = call.ended_at is not None and status == call.final_status
