@@ -31,9 +31,18 @@ end
 return 0
 """
 
+# Release remembers the attempt for a while, so that a rebuild working from a slightly
+# older read of PostgreSQL does not add back a slot that was just freed.
+_RELEASE = """
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[1]) - 600000)
+"""
+
 # ARGV: now_ms, lease_ms, grace_ms, then the attempt ids in flight per PostgreSQL.
 # Holders PostgreSQL does not know are kept for `grace` after they were taken (their
-# attempt row may not be committed yet), then dropped; known ones are (re-)added.
+# attempt row may not be committed yet), then dropped; known ones are (re-)added unless
+# released since.
 _REBUILD = """
 local now = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
@@ -52,7 +61,7 @@ for i = 1, #holders, 2 do
 end
 local added = 0
 for i = 4, #ARGV do
-  if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+  if not redis.call('ZSCORE', KEYS[1], ARGV[i]) and not redis.call('ZSCORE', KEYS[3], ARGV[i]) then
     redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
     added = added + 1
   end
@@ -70,12 +79,16 @@ class Channels:
         self._grace_ms = int(grace_s * 1000)
         self._acquire = client.register_script(_ACQUIRE)
         self._rebuild = client.register_script(_REBUILD)
+        self._release = client.register_script(_RELEASE)
 
     def key(self, number_id: int) -> str:
         return f"{self._prefix}:chan:{{{number_id}}}"
 
     def ready_key(self, number_id: int) -> str:
         return f"{self._prefix}:chan:{{{number_id}}}:ready"
+
+    def released_key(self, number_id: int) -> str:
+        return f"{self._prefix}:chan:{{{number_id}}}:released"
 
     def acquire(self, number_id: int, attempt_id: str, max_channels: int) -> bool | None:
         """True: slot taken; False: all channels busy; None: not rebuilt since a flush."""
@@ -87,7 +100,10 @@ class Channels:
         return None if result == -1 else bool(result)
 
     def release(self, number_id: int, attempt_id: str) -> None:
-        self._redis.zrem(self.key(number_id), attempt_id)
+        self._release(
+            keys=[self.key(number_id), self.released_key(number_id)],
+            args=[_now_ms(), attempt_id],
+        )
 
     def holders(self, number_id: int) -> set[str]:
         now = _now_ms()
@@ -97,7 +113,7 @@ class Channels:
     def rebuild(self, number_id: int, in_flight: Iterable[str]) -> tuple[int, int]:
         """Make the semaphore match PostgreSQL's in-flight attempts; (added, removed)."""
         added, removed = self._rebuild(
-            keys=[self.key(number_id), self.ready_key(number_id)],
+            keys=[self.key(number_id), self.ready_key(number_id), self.released_key(number_id)],
             args=[_now_ms(), self._lease_ms, self._grace_ms, *in_flight],
         )
         return int(added), int(removed)

@@ -64,3 +64,5 @@ def configure(level: str = "INFO", json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # One line per HTTP request made is noise at INFO (the simulator posts thousands).
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -128,6 +128,7 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
             )
         ],
         exception_handlers={Exception: _internal_error, psycopg.OperationalError: _unavailable},
+        logging_config=None,  # the process's structlog setup (dispatcher.logs) stays in charge
         openapi_config=OpenAPIConfig(
             title="Switchboard",
             version="0.1.0",

@@ -261,6 +261,10 @@ def test_channel_semaphore_never_exceeds_its_limit(redis_url: str) -> None:
     assert channels.acquire(7, "c", 2)
     assert channels.acquire(7, "d", 2) is False
     assert channels.holders(7) == {"b", "c"}
+    # A rebuild from a read of PostgreSQL taken before "b" ended must not revive it.
+    channels.release(7, "b")
+    assert channels.rebuild(7, ["b", "c"]) == (0, 0)
+    assert channels.holders(7) == {"c"}
     client.close()
 
 
