@@ -1,0 +1,55 @@
+"""Alembic: upgrade from an empty database to head, downgrade back to empty, and again."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+
+from db.migrate import downgrade, upgrade
+from dispatcher.embedded import with_database
+
+TABLES = {
+    "call_attempts",
+    "controls",
+    "dnc",
+    "lead_events",
+    "leads",
+    "outbound_numbers",
+    "templates",
+    "webhook_events",
+}
+
+
+def _tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            " AND tablename <> 'alembic_version'"
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_upgrade_downgrade_upgrade(pg_server_url: str) -> None:
+    name = f"sb_migr_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(pg_server_url, name)
+    try:
+        assert _tables(url) == set()
+        upgrade(url)
+        assert _tables(url) == TABLES
+        with psycopg.connect(url) as conn:
+            templates = conn.execute("SELECT name FROM templates ORDER BY name").fetchall()
+            claim_index = conn.execute(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'leads_claim_idx'"
+            ).fetchone()
+        assert [t[0] for t in templates] == ["alert", "default"]
+        assert claim_index is not None and "WHERE (status = 'BACKLOG'::text)" in claim_index[0]
+        downgrade(url)
+        assert _tables(url) == set()
+        upgrade(url)
+        assert _tables(url) == TABLES
+    finally:
+        with psycopg.connect(pg_server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
