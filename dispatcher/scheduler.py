@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 from psycopg import Connection
@@ -24,6 +25,7 @@ from dispatcher.runtime import Runtime
 log = structlog.get_logger(__name__)
 
 Send = Callable[[Sequence[Claimed]], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def run(rt: Runtime, send: Send, stop: threading.Event) -> None:
         log.info("scheduler_stopped")
 
 
-def _guarded(fn: Callable[..., object], *args: object) -> object:
+def _guarded(fn: Callable[..., T], *args: object) -> T | None:
     """Keep the loop alive through a database or Redis outage; log and retry later."""
     try:
         return fn(*args)

@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,8 +39,12 @@ def _docker_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
-def _servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("servers")
+def _servers_dir() -> Iterator[Path]:
+    """Outside pytest's basetemp, which a concurrent pytest run may rotate away while the
+    embedded servers still live in it."""
+    path = Path(tempfile.mkdtemp(prefix="switchboard-test-servers-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
