@@ -447,3 +447,20 @@ def cancel(conn: Connection, lead_id: int, reason: str = "cancelled") -> Row | N
         set_sql=", fence = l.fence + 1, lease_expires_at = NULL",
     )
     return rows[0] if rows else None
+
+
+def skip_listed(conn: Connection, phones: Sequence[str], reseller_id: str | None) -> list[int]:
+    """Waiting leads (BACKLOG) of numbers just put on a do-not-call list end SKIPPED.
+
+    `reseller_id` None is the global list (every reseller's leads). Leads already claimed
+    are caught by the dispatcher's own check just before dialing."""
+    rows = _transition(
+        conn,
+        where="phone = ANY(%(phones)s)"
+        " AND (%(reseller)s::text IS NULL OR reseller_id = %(reseller)s)",
+        params={"phones": list(phones), "reseller": reseller_id},
+        from_=("BACKLOG",),
+        to="SKIPPED",
+        reason="do_not_call",
+    )
+    return [r["id"] for r in rows]
