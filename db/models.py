@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -118,10 +119,20 @@ class Lead(Base):
         CheckConstraint(
             "max_attempts IS NULL OR max_attempts BETWEEN 1 AND 20", name="leads_max_attempts_ck"
         ),
-        # Serves the claim; finished rows leave it, so it follows the live backlog.
+        # Serves the claim, per reseller; finished rows leave it, so it follows the live
+        # backlog.
         Index(
             "leads_claim_idx",
+            "reseller_id",
             text("priority DESC"),
+            "next_attempt_at",
+            "id",
+            postgresql_where=text("status = 'BACKLOG'"),
+        ),
+        # Serves the resellers with due leads, and each one's oldest-first picks.
+        Index(
+            "leads_oldest_idx",
+            "reseller_id",
             "next_attempt_at",
             "id",
             postgresql_where=text("status = 'BACKLOG'"),
@@ -237,6 +248,18 @@ class Control(Base):
     __table_args__ = (
         CheckConstraint("scope IN ('global', 'reseller', 'number')", name="controls_scope_ck"),
     )
+
+
+class FairShare(Base):
+    """Each reseller's weight and virtual time for the fair claim (stride scheduling);
+    the row with reseller_id '' holds the system's virtual time."""
+
+    __tablename__ = "fair_shares"
+    reseller_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    weight: Mapped[float] = mapped_column(Float, nullable=False, server_default="1")
+    vtime: Mapped[float] = mapped_column(Float, nullable=False, server_default="0")
+    claimed: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    __table_args__ = (CheckConstraint("weight > 0", name="fair_shares_weight_ck"),)
 
 
 class WebhookEvent(Base):

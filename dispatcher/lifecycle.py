@@ -196,16 +196,20 @@ def create_leads(conn: Connection, leads: Sequence[NewLead]) -> list[int | None]
 # --- the schedule ---------------------------------------------------------------------
 
 
-def claim(conn: Connection, limit: int, lease_s: float) -> list[Claimed]:
-    """Move up to `limit` due leads BACKLOG → QUEUED, highest priority first; each gets a
-    lease and a new fence so that a message from an older claim is recognised as stale."""
+def claim(
+    conn: Connection, reseller_id: str, limit: int, lease_s: float, *, oldest_first: bool = False
+) -> list[Claimed]:
+    """Move up to `limit` of a reseller's due leads BACKLOG → QUEUED, highest priority
+    first (or oldest first); each gets a lease and a new fence, so that a message from an
+    older claim is recognised as stale."""
     if limit <= 0:
         return []
+    order = "next_attempt_at, id" if oldest_first else "priority DESC, next_attempt_at, id"
     rows = _transition(
         conn,
-        where="next_attempt_at <= now()",
-        order_limit="ORDER BY priority DESC, next_attempt_at, id LIMIT %(limit)s",
-        params={"limit": limit, "lease_s": lease_s},
+        where="reseller_id = %(reseller_id)s AND next_attempt_at <= now()",
+        order_limit=f"ORDER BY {order} LIMIT %(limit)s",
+        params={"reseller_id": reseller_id, "limit": limit, "lease_s": lease_s},
         from_=("BACKLOG",),
         to="QUEUED",
         reason="claimed",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -18,7 +18,8 @@ import structlog
 from psycopg import Connection
 
 from db.pool import connect
-from dispatcher import lifecycle, reconcile
+from dispatcher import controls, fairness, lifecycle, reconcile
+from dispatcher.controls import Paused
 from dispatcher.lifecycle import Claimed
 from dispatcher.runtime import Runtime
 
@@ -26,6 +27,7 @@ log = structlog.get_logger(__name__)
 
 Send = Callable[[Sequence[Claimed]], None]
 T = TypeVar("T")
+CLAIM_LOCK = 727_000  # advisory lock: one scheduler allocates claims at a time
 
 
 @dataclass(frozen=True)
@@ -35,14 +37,17 @@ class Tick:
     sleep_s: float  # how long nothing is due, capped by the safety timeout
 
 
-def free_channels(conn: Connection) -> int:
-    """Channels of enabled numbers minus leads that hold or are about to hold one."""
+def free_channels(conn: Connection, paused_numbers: Collection[int] = ()) -> int:
+    """Channels of enabled, unpaused numbers minus leads that hold or are about to hold
+    one."""
     row = conn.execute(
         """
-        SELECT (SELECT coalesce(sum(max_channels), 0) FROM outbound_numbers WHERE enabled)
+        SELECT (SELECT coalesce(sum(max_channels), 0) FROM outbound_numbers
+                WHERE enabled AND NOT (id = ANY(%s)))
              - (SELECT count(*) FROM leads WHERE status IN ('QUEUED', 'DIALING', 'IN_CALL'))
              AS free
-        """
+        """,
+        (list(paused_numbers),),
     ).fetchone()
     return max(int(row["free"]), 0) if row else 0
 
@@ -55,15 +60,39 @@ def seconds_until_next_due(conn: Connection) -> float | None:
     return None if row is None or row["s"] is None else max(float(row["s"]), 0.0)
 
 
+def claim_fairly(conn: Connection, slots: int, lease_s: float, paused: Paused) -> list[Claimed]:
+    """Claim up to `slots` due leads, shared between resellers by `fairness`. One
+    scheduler allocates at a time (the advisory lock); the claims themselves skip rows
+    other transactions hold."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
+    active = fairness.active_resellers(conn, exclude=paused.resellers)
+    shares = fairness.load(conn, active)
+    claimed: list[Claimed] = []
+    while slots > 0 and shares:
+        for reseller, quota in fairness.allocate(slots, shares).items():
+            share = shares[reseller]
+            oldest = fairness.oldest_quota(share.claimed, quota)
+            got = lifecycle.claim(conn, reseller, oldest, lease_s, oldest_first=True)
+            got += lifecycle.claim(conn, reseller, quota - len(got), lease_s)
+            share.charge(len(got))
+            claimed += got
+            slots -= len(got)
+            if len(got) < quota:  # nothing more due for it: others share the rest
+                fairness.save(conn, {reseller: shares.pop(reseller)})
+    fairness.save(conn, shares)
+    return claimed
+
+
 def tick(rt: Runtime, send: Send) -> Tick:
     """One claim: commit the claim, then send the messages (a crash in between leaves
     leases that the reconciler expires). `sleep_s` is 0 when the claim was full."""
     settings = rt.settings
     with rt.pool.connection() as conn:
         with conn.transaction():
-            free = free_channels(conn)
+            paused = controls.paused(conn)
+            free = 0 if paused.global_ else free_channels(conn, paused.numbers)
             limit = min(free, settings.claim_batch)
-            claimed = lifecycle.claim(conn, limit, settings.lease_s)
+            claimed = claim_fairly(conn, limit, settings.lease_s, paused) if limit else []
         if claimed:
             send(claimed)
         if claimed and len(claimed) == limit:

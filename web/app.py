@@ -27,7 +27,7 @@ from litestar.plugins.problem_details import (
 from dispatcher.leads import Conflict, FieldError, InvalidInput
 from dispatcher.runtime import Runtime
 from dispatcher.settings import Settings
-from web import health, leads, numbers, templates, webhooks
+from web import controls, dnc, health, leads, numbers, templates, webhooks
 from web.auth import jwt_auth
 from web.schemas import field_error
 
@@ -106,6 +106,8 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
             leads.LeadController,
             numbers.NumberController,
             templates.TemplateController,
+            dnc.DncController,
+            controls.ControlController,
             webhooks.receive_callback,
             health.health,
         ],

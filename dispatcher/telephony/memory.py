@@ -36,7 +36,7 @@ class InMemoryProvider:
             existing = self.calls.get(request.attempt_id)
             if existing is not None:
                 return existing.call_id
-            call_id = f"MEM{next(self._ids)}"
+            call_id = f"MEM{next(self._ids)}-{uuid.uuid4().hex[:8]}"  # unique like a real one
             self.calls[request.attempt_id] = CallEvent(
                 f"{call_id}:initiated", call_id, request.attempt_id, "initiated"
             )

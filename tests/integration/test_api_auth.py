@@ -233,7 +233,7 @@ def call(runtime: Runtime) -> tuple[int, uuid.UUID]:
             conn, [NewLead("r1", "+14155550123", "default", now - dt.timedelta(seconds=1))]
         )
         assert lead_id is not None
-        [claimed] = lifecycle.claim(conn, 1, lease_s=30)
+        [claimed] = lifecycle.claim(conn, "r1", 1, lease_s=30)
         assert claimed.lead_id == lead_id
         attempt = NewAttempt(attempt_id, number["id"], "+14155550100", "simulator")
         assert lifecycle.start_dialing(conn, lead_id, claimed.fence, attempt) is not None

@@ -382,7 +382,7 @@ def in_call_lead(client: TestClient[Litestar], runtime: Runtime) -> tuple[int, u
             ("+14155550100",),
         ).fetchone()
         assert number is not None
-        [claimed] = lifecycle.claim(conn, 1, lease_s=30)
+        [claimed] = lifecycle.claim(conn, "r1", 1, lease_s=30)
         assert claimed.lead_id == lead_id
         attempt = NewAttempt(attempt_id, number["id"], "+14155550100", "simulator")
         assert lifecycle.start_dialing(conn, lead_id, claimed.fence, attempt) is not None

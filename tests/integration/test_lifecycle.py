@@ -72,21 +72,21 @@ def test_claim_orders_by_priority_and_fences(conn: psycopg.Connection) -> None:
         ],
     )
     conn.commit()
-    claimed = lifecycle.claim(conn, 2, lease_s=30)
+    claimed = lifecycle.claim(conn, "r1", 2, lease_s=30)
     conn.commit()
     assert [c.lead_id for c in claimed] == [ids[1], ids[2]]
     assert all(c.fence == 1 for c in claimed)
     # The future lead is never claimed; the remaining due one is.
-    rest = lifecycle.claim(conn, 10, lease_s=30)
+    rest = lifecycle.claim(conn, "r1", 10, lease_s=30)
     assert [c.lead_id for c in rest] == [ids[0]]
 
 
 def test_stale_fence_cannot_dial(conn: psycopg.Connection) -> None:
     (lead_id,) = lifecycle.create_leads(conn, [_lead()])
-    (c1,) = lifecycle.claim(conn, 1, lease_s=0)
+    (c1,) = lifecycle.claim(conn, "r1", 1, lease_s=0)
     conn.commit()
     assert lifecycle.expire_leases(conn) == [lead_id]
-    (c2,) = lifecycle.claim(conn, 1, lease_s=30)
+    (c2,) = lifecycle.claim(conn, "r1", 1, lease_s=30)
     conn.commit()
     attempt = NewAttempt(uuid.uuid4(), 1, "+14155550100", "simulator")
     assert lifecycle.start_dialing(conn, lead_id, c1.fence, attempt) is None
@@ -103,7 +103,7 @@ def test_call_end_applies_retry_then_fails(conn: psycopg.Connection) -> None:
     (lead_id,) = lifecycle.create_leads(conn, [_lead()])
     outcomes = []
     for _ in range(2):
-        (c,) = lifecycle.claim(conn, 1, lease_s=30)
+        (c,) = lifecycle.claim(conn, "r1", 1, lease_s=30)
         attempt = NewAttempt(uuid.uuid4(), 1, "+14155550100", "simulator")
         assert lifecycle.start_dialing(conn, lead_id, c.fence, attempt)
         assert lifecycle.mark_in_call(conn, lead_id, attempt.id, "CA1")
@@ -134,7 +134,7 @@ def test_cancel_wins_only_before_the_call(conn: psycopg.Connection) -> None:
     a, b = lifecycle.create_leads(conn, [_lead(), _lead()])
     assert lifecycle.cancel(conn, a) is not None
     assert lifecycle.cancel(conn, a) is None  # final now
-    (c,) = lifecycle.claim(conn, 1, lease_s=30)
+    (c,) = lifecycle.claim(conn, "r1", 1, lease_s=30)
     attempt = NewAttempt(uuid.uuid4(), 1, "+14155550100", "simulator")
     lifecycle.start_dialing(conn, b, c.fence, attempt)
     lifecycle.mark_in_call(conn, b, attempt.id, "CA2")

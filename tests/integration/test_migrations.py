@@ -13,6 +13,7 @@ TABLES = {
     "call_attempts",
     "controls",
     "dnc",
+    "fair_shares",
     "lead_events",
     "leads",
     "outbound_numbers",
@@ -53,3 +54,19 @@ def test_upgrade_downgrade_upgrade(pg_server_url: str) -> None:
     finally:
         with psycopg.connect(pg_server_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_models_match_the_migrations(database_url: str) -> None:
+    """The SQLAlchemy models and the migrated schema describe the same tables."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from db.migrate import sqlalchemy_url
+    from db.models import Base
+
+    engine = create_engine(sqlalchemy_url(database_url))
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []

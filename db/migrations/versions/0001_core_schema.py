@@ -175,7 +175,14 @@ def upgrade() -> None:
     op.create_index(
         "leads_claim_idx",
         "leads",
-        [sa.literal_column("priority DESC"), "next_attempt_at", "id"],
+        ["reseller_id", sa.literal_column("priority DESC"), "next_attempt_at", "id"],
+        unique=False,
+        postgresql_where=sa.text("status = 'BACKLOG'"),
+    )
+    op.create_index(
+        "leads_oldest_idx",
+        "leads",
+        ["reseller_id", "next_attempt_at", "id"],
         unique=False,
         postgresql_where=sa.text("status = 'BACKLOG'"),
     )
@@ -273,6 +280,15 @@ def upgrade() -> None:
     )
     op.create_index("lead_events_lead_idx", "lead_events", ["lead_id", "id"], unique=False)
 
+    op.create_table(
+        "fair_shares",
+        sa.Column("reseller_id", sa.Text(), nullable=False),
+        sa.Column("weight", sa.Float(), server_default="1", nullable=False),
+        sa.Column("vtime", sa.Float(), server_default="0", nullable=False),
+        sa.Column("claimed", sa.BigInteger(), server_default="0", nullable=False),
+        sa.CheckConstraint("weight > 0", name="fair_shares_weight_ck"),
+        sa.PrimaryKeyConstraint("reseller_id"),
+    )
     # Leads are updated constantly: vacuum them early so dead tuples do not pile up.
     op.execute(
         "ALTER TABLE leads SET (autovacuum_vacuum_scale_factor = 0.02,"
@@ -322,6 +338,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("fair_shares")
+    op.drop_index(
+        "leads_oldest_idx", table_name="leads", postgresql_where=sa.text("status = 'BACKLOG'")
+    )
     op.drop_index("lead_events_lead_idx", table_name="lead_events")
     op.drop_table("lead_events")
     op.drop_index("call_attempts_provider_call_idx", table_name="call_attempts")
