@@ -14,21 +14,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import redis
 
 # Not Dramatiq's ConcurrentRateLimiter: our slot is taken by the dispatch actor and
 # released by the webhook in another process, by attempt id, with a per-number limit
 # read from PostgreSQL at each acquire.
+# KEYS: holders, ready marker, calls-per-second "theoretical arrival time" (GCRA).
+# ARGV: now_ms, expiry_ms, attempt id, max_channels, interval_ms (0: no cps limit).
+# Returns {1, 0} taken, {0, 0} all channels busy, {0, wait_ms} cps limit, {-1, 0} not ready.
 _ACQUIRE = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return 1 end
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-  return 1
+if redis.call('EXISTS', KEYS[2]) == 0 then return {-1, 0} end
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return {1, 0} end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return {0, 0} end
+local interval = tonumber(ARGV[5])
+if interval > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if tat > now then return {0, tat - now} end
+  redis.call('SET', KEYS[3], now + interval, 'PX', interval + 60000)
 end
-return 0
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+return {1, 0}
 """
 
 # Release remembers the attempt for a while, so that a rebuild working from a slightly
@@ -71,6 +80,21 @@ return {added, removed}
 """
 
 
+@dataclass(frozen=True)
+class Acquired:
+    taken: bool
+    rebuilding: bool = False  # not rebuilt since a flush: nobody may dial on this number
+    cps_wait_s: float | None = None  # the number's calls-per-second slot frees in this long
+
+
+def cps_interval_ms(cps: float | None) -> int:
+    """Spacing between calls of a number limited to `cps` calls per second, with a margin
+    so that no 1-second window, as the provider measures it, ever holds more than `cps`."""
+    if not cps:
+        return 0
+    return int(1000 / cps * 1.05) + 20
+
+
 class Channels:
     def __init__(self, client: redis.Redis, prefix: str, lease_s: float, grace_s: float) -> None:
         self._redis = client
@@ -90,14 +114,35 @@ class Channels:
     def released_key(self, number_id: int) -> str:
         return f"{self._prefix}:chan:{{{number_id}}}:released"
 
-    def acquire(self, number_id: int, attempt_id: str, max_channels: int) -> bool | None:
-        """True: slot taken; False: all channels busy; None: not rebuilt since a flush."""
+    def cps_key(self, number_id: int) -> str:
+        return f"{self._prefix}:chan:{{{number_id}}}:cps"
+
+    def acquire(
+        self, number_id: int, attempt_id: str, max_channels: int, cps: float | None = None
+    ) -> Acquired:
         now = _now_ms()
-        result = self._acquire(
-            keys=[self.key(number_id), self.ready_key(number_id)],
-            args=[now, now + self._lease_ms, attempt_id, max_channels],
+        status, wait_ms = self._acquire(
+            keys=[self.key(number_id), self.ready_key(number_id), self.cps_key(number_id)],
+            args=[now, now + self._lease_ms, attempt_id, max_channels, cps_interval_ms(cps)],
         )
-        return None if result == -1 else bool(result)
+        if status == -1:
+            return Acquired(False, rebuilding=True)
+        if status == 0 and wait_ms:
+            return Acquired(False, cps_wait_s=int(wait_ms) / 1000)
+        return Acquired(bool(status))
+
+    def cps_budget(self, number_id: int, cps: float | None, horizon_ms: int = 1000) -> int | None:
+        """How many calls the number may start within the next `horizon_ms` (None: no
+        limit); the scheduler claims no more than that, so leads wait in PostgreSQL."""
+        interval = cps_interval_ms(cps)
+        if not interval:
+            return None
+        now = _now_ms()
+        raw = self._redis.get(self.cps_key(number_id))
+        start = max(int(raw) if raw else 0, now)
+        if start > now + horizon_ms:
+            return 0
+        return 1 + (now + horizon_ms - start) // interval
 
     def release(self, number_id: int, attempt_id: str) -> None:
         self._release(

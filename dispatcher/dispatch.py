@@ -9,6 +9,7 @@ call in progress, or wins first and the call is never placed.
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import uuid
 from dataclasses import dataclass
@@ -16,12 +17,15 @@ from dataclasses import dataclass
 import structlog
 from psycopg import Connection
 
-from dispatcher import lifecycle
+from dispatcher import controls, dnc, lifecycle, policy
+from dispatcher.controls import Paused
 from dispatcher.lifecycle import CallEnded, NewAttempt, Row
 from dispatcher.runtime import Runtime
 from dispatcher.telephony.base import CallRequest, CallStateUnknown, ProviderError
 
 log = structlog.get_logger(__name__)
+
+PAUSED_RECHECK = dt.timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -63,12 +67,14 @@ def dispatch_lead(rt: Runtime, lead_id: int, fence: int) -> str:
                 lead = lifecycle.lock_queued(conn, lead_id, fence)
                 if lead is None:
                     return "stale"
-                verdict = _check(conn, lead)
+                paused = controls.paused(conn)
+                verdict = _check(conn, lead, paused)
                 if verdict is not None:
                     return verdict
-                taken, why = _take_channel(conn, rt, lead, attempt_id)
+                taken, why, wait_s = _take_channel(conn, rt, lead, attempt_id, paused)
                 if taken is None:
-                    lifecycle.defer(conn, lead_id, fence, rt.settings.no_channel_delay_s, why)
+                    until = lead["db_now"] + dt.timedelta(seconds=wait_s)
+                    lifecycle.defer(conn, lead_id, fence, until, why)
                     return f"deferred:{why}"
                 lifecycle.start_dialing(
                     conn,
@@ -87,30 +93,87 @@ def dispatch_lead(rt: Runtime, lead_id: int, fence: int) -> str:
     return result
 
 
-def _check(conn: Connection, lead: Row) -> str | None:
-    """Policy checks that end or defer the lead before a channel is taken."""
-    expires_at = lead["expires_at"]
-    if expires_at is not None:
-        now = conn.execute("SELECT now() AS now").fetchone()["now"]  # type: ignore[index]
-        if expires_at <= now:
-            lifecycle.finish_unattempted(conn, lead["id"], lead["fence"], "EXPIRED", "expired")
-            return "expired"
-    return None
+def _check(conn: Connection, lead: Row, paused: Paused) -> str | None:
+    """The call-policy checks made just before dialing, from PostgreSQL: each either lets
+    the dial go on (None) or ends or defers the lead and says why."""
+    lead_id, fence, now = lead["id"], lead["fence"], lead["db_now"]
+    if lead["expires_at"] is not None and lead["expires_at"] <= now:
+        lifecycle.finish_unattempted(conn, lead_id, fence, "EXPIRED", "expired")
+        return "expired"
+    if dnc.is_listed(conn, lead["phone"], lead["reseller_id"]):
+        lifecycle.finish_unattempted(conn, lead_id, fence, "SKIPPED", "do_not_call")
+        return "do_not_call"
+    if paused.global_ or lead["reseller_id"] in paused.resellers:
+        # Claims skip paused resellers, so the lead waits without churning until resumed.
+        lifecycle.defer(conn, lead_id, fence, now + PAUSED_RECHECK, "paused")
+        return "deferred:paused"
+    window = policy.window_for(lead["execution_mode"], lead["calling_window"])
+    # Voice alerts call at any hour and however often; everything else respects both.
+    alert = lead["execution_mode"] == "telephony_alert"
+    cap_frees = (
+        None
+        if alert
+        else policy.frequency_cap_frees_at(lead["frequency_cap"], _recent_starts(conn, lead))
+    )
+    if cap_frees is not None:
+        earliest, why = cap_frees, "frequency_cap"
+    elif policy.may_call_now(window, lead["timezone"], lead["phone"], now):
+        return None
+    else:
+        earliest, why = now, "outside_calling_window"
+    at = policy.first_call_time(window, lead["timezone"], lead["phone"], earliest)
+    if at is None:
+        lifecycle.finish_unattempted(conn, lead_id, fence, "SKIPPED", "no_calling_window")
+        return "no_calling_window"
+    if lead["expires_at"] is not None and at >= lead["expires_at"]:
+        lifecycle.finish_unattempted(conn, lead_id, fence, "EXPIRED", f"{why}_until_expiry")
+        return "expired"
+    lifecycle.defer(conn, lead_id, fence, at, why)
+    return f"deferred:{why}"
+
+
+def _recent_starts(conn: Connection, lead: Row) -> list[dt.datetime]:
+    """Start times of this phone's attempts for this reseller in the last 24 h, newest
+    first (the frequency cap counts them)."""
+    cap = (lead["frequency_cap"] or {}).get("per_phone_per_day")
+    if not cap:
+        return []
+    rows = conn.execute(
+        """
+        SELECT started_at FROM call_attempts
+        WHERE reseller_id = %s AND phone = %s AND started_at > %s
+        ORDER BY started_at DESC LIMIT %s
+        """,
+        (lead["reseller_id"], lead["phone"], lead["db_now"] - policy.CAP_WINDOW, int(cap)),
+    ).fetchall()
+    return [r["started_at"] for r in rows]
 
 
 def _take_channel(
-    conn: Connection, rt: Runtime, lead: Row, attempt_id: uuid.UUID
-) -> tuple[Number | None, str]:
-    numbers = eligible_numbers(conn, rt, lead["reseller_id"])
+    conn: Connection, rt: Runtime, lead: Row, attempt_id: uuid.UUID, paused: Paused
+) -> tuple[Number | None, str, float]:
+    """A channel slot on an eligible number: (number, "", 0), or (None, why, how long to
+    wait before trying again)."""
+    numbers = [
+        n for n in eligible_numbers(conn, rt, lead["reseller_id"]) if n.id not in paused.numbers
+    ]
     if not numbers:
-        return None, "no_number"
+        return None, "no_number", rt.settings.no_channel_delay_s
     rebuilding = False
+    cps_wait: float | None = None
     for number in numbers:
-        got = rt.channels.acquire(number.id, str(attempt_id), number.max_channels)
-        if got:
-            return number, ""
-        rebuilding = rebuilding or got is None
-    return None, "channels_rebuilding" if rebuilding else "no_free_channel"
+        got = rt.channels.acquire(number.id, str(attempt_id), number.max_channels, number.cps)
+        if got.taken:
+            return number, "", 0.0
+        rebuilding = rebuilding or got.rebuilding
+        if got.cps_wait_s is not None:
+            cps_wait = got.cps_wait_s if cps_wait is None else min(cps_wait, got.cps_wait_s)
+    if rebuilding:
+        return None, "channels_rebuilding", rt.settings.no_channel_delay_s
+    if cps_wait is not None:
+        # Waits exactly until the number's next calls-per-second slot, not in a loop.
+        return None, "cps_limit", cps_wait
+    return None, "no_free_channel", rt.settings.no_channel_delay_s
 
 
 def _place(

@@ -9,6 +9,7 @@ transaction; a change that returns nothing did not happen and must not be acted 
 from __future__ import annotations
 
 import datetime as dt
+import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from db.models import LEAD_STATUSES
 from dispatcher import policy
 
 NOTIFY_CHANNEL = "switchboard_wakeup"
+_rng = random.SystemRandom()  # retry jitter
 ACTIVE = ("QUEUED", "DIALING", "IN_CALL")
 FINAL = ("COMPLETED", "FAILED", "EXPIRED", "SKIPPED", "CANCELLED")
 CANCELLABLE = ("BACKLOG", "QUEUED", "DIALING")
@@ -244,7 +246,7 @@ def lock_queued(conn: Connection, lead_id: int, fence: int) -> Row | None:
     """The claimed lead with its template, locked, if `fence` is still the current claim."""
     return conn.execute(
         """
-        SELECT l.*, t.calling_window, t.retry, t.frequency_cap
+        SELECT l.*, t.calling_window, t.retry, t.frequency_cap, now() AS db_now
         FROM leads l JOIN templates t ON t.name = l.template
         WHERE l.id = %s AND l.fence = %s AND l.status = 'QUEUED'
         FOR UPDATE OF l
@@ -253,17 +255,16 @@ def lock_queued(conn: Connection, lead_id: int, fence: int) -> Row | None:
     ).fetchone()
 
 
-def defer(conn: Connection, lead_id: int, fence: int, delay_s: float, reason: str) -> bool:
+def defer(conn: Connection, lead_id: int, fence: int, until: dt.datetime, reason: str) -> bool:
     """QUEUED → BACKLOG without an attempt (no channel, paused, outside hours, ...)."""
     rows = _transition(
         conn,
         where="id = %(id)s AND fence = %(fence)s",
-        params={"id": lead_id, "fence": fence, "delay": delay_s},
+        params={"id": lead_id, "fence": fence, "until": until},
         from_=("QUEUED",),
         to="BACKLOG",
         reason=reason,
-        set_sql=", lease_expires_at = NULL,"
-        " next_attempt_at = now() + make_interval(secs => %(delay)s)",
+        set_sql=", lease_expires_at = NULL, next_attempt_at = %(until)s",
     )
     return bool(rows)
 
@@ -374,7 +375,9 @@ def end_call(
         return None
     lead = conn.execute(
         """
-        SELECT l.id, l.status, l.current_attempt_id, l.attempt_count, l.max_attempts, t.retry
+        SELECT l.id, l.status, l.current_attempt_id, l.attempt_count, l.max_attempts,
+               l.phone, l.timezone, l.execution_mode, l.expires_at,
+               t.retry, t.calling_window, now() AS db_now
         FROM leads l JOIN templates t ON t.name = l.template
         WHERE l.id = %s
         FOR UPDATE OF l
@@ -387,7 +390,7 @@ def end_call(
             duration_s = coalesce(%s, duration_s), answered_by = coalesce(%s, answered_by),
             digits = coalesce(%s, digits), call_state = 'ended', ended_at = now()
         WHERE id = %s AND ended_at IS NULL
-        RETURNING lead_id, number_id
+        RETURNING lead_id, number_id, started_at
         """,
         (outcome, error, duration_s, answered_by, digits, attempt_id),
     ).fetchone()
@@ -400,28 +403,16 @@ def end_call(
     notify(conn)  # a channel is free either way
     if lead is None:
         return CallEnded(attempt_id, attempt["lead_id"], attempt["number_id"], outcome, None)
-    step = policy.after_call(
-        outcome,
-        lead["attempt_count"],
-        policy.max_attempts_for(lead["max_attempts"], lead["retry"]),
-        lead["retry"],
-    )
-    set_sql = ", outcome = %(outcome)s, current_attempt_id = NULL"
-    if step.status == "BACKLOG":
-        set_sql += ", next_attempt_at = now() + make_interval(secs => %(delay)s)"
+    status, next_at, reason = _after_call(lead, outcome, attempt["started_at"])
     rows = _transition(
         conn,
         where="id = %(id)s AND current_attempt_id = %(attempt_id)s",
-        params={
-            "id": lead["id"],
-            "attempt_id": attempt_id,
-            "outcome": outcome,
-            "delay": step.delay_s,
-        },
+        params={"id": lead["id"], "attempt_id": attempt_id, "outcome": outcome, "at": next_at},
         from_=("DIALING", "IN_CALL"),
-        to=step.status,
-        reason=f"call_{outcome}",
-        set_sql=set_sql,
+        to=status,
+        reason=reason,
+        set_sql=", outcome = %(outcome)s, current_attempt_id = NULL"
+        + (", next_attempt_at = %(at)s" if next_at is not None else ""),
         attempt_sql="%(attempt_id)s::uuid",
     )
     row = rows[0]
@@ -433,6 +424,30 @@ def end_call(
         row["status"],
         row["next_attempt_at"] if row["status"] == "BACKLOG" else None,
     )
+
+
+def _after_call(
+    lead: Row, outcome: str, started_at: dt.datetime
+) -> tuple[str, dt.datetime | None, str]:
+    """(status, next attempt time, reason) by the template's retry rules, the calling
+    window and the lead's expiry."""
+    retry = lead["retry"]
+    step = policy.after_call(
+        outcome,
+        lead["attempt_count"],
+        policy.max_attempts_for(lead["max_attempts"], retry),
+        retry,
+        _rng,
+    )
+    reason = f"call_{outcome}"
+    if step.status != "BACKLOG":
+        return step.status, None, reason
+    earliest = policy.retry_earliest(retry, lead["db_now"], step.delay_s or 0.0, started_at)
+    window = policy.window_for(lead["execution_mode"], lead["calling_window"])
+    next_at = policy.first_call_time(window, lead["timezone"], lead["phone"], earliest)
+    if next_at is None or (lead["expires_at"] is not None and next_at >= lead["expires_at"]):
+        return "EXPIRED", None, f"{reason}_no_time_left"
+    return "BACKLOG", next_at, reason
 
 
 # --- cancel -----------------------------------------------------------------------------

@@ -37,19 +37,30 @@ class Tick:
     sleep_s: float  # how long nothing is due, capped by the safety timeout
 
 
-def free_channels(conn: Connection, paused_numbers: Collection[int] = ()) -> int:
-    """Channels of enabled, unpaused numbers minus leads that hold or are about to hold
-    one."""
-    row = conn.execute(
+def free_channels(rt: Runtime, conn: Connection, paused_numbers: Collection[int] = ()) -> int:
+    """Calls that may start now: per enabled, unpaused number the free channels, capped
+    by its calls-per-second budget, minus leads already claimed and about to take one."""
+    rows = conn.execute(
         """
-        SELECT (SELECT coalesce(sum(max_channels), 0) FROM outbound_numbers
-                WHERE enabled AND NOT (id = ANY(%s)))
-             - (SELECT count(*) FROM leads WHERE status IN ('QUEUED', 'DIALING', 'IN_CALL'))
-             AS free
+        SELECT n.id, n.max_channels, n.cps,
+               (SELECT count(*) FROM call_attempts a
+                WHERE a.number_id = n.id AND a.ended_at IS NULL) AS open
+        FROM outbound_numbers n
+        WHERE n.enabled AND NOT (n.id = ANY(%s))
         """,
         (list(paused_numbers),),
-    ).fetchone()
-    return max(int(row["free"]), 0) if row else 0
+    ).fetchall()
+    queued = conn.execute("SELECT count(*) AS n FROM leads WHERE status = 'QUEUED'").fetchone()
+    total = 0
+    for r in rows:
+        free = max(r["max_channels"] - r["open"], 0)
+        budget = rt.channels.cps_budget(r["id"], _float(r["cps"]))
+        total += free if budget is None else min(free, budget)
+    return max(total - (queued["n"] if queued else 0), 0)
+
+
+def _float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 def seconds_until_next_due(conn: Connection) -> float | None:
@@ -90,7 +101,7 @@ def tick(rt: Runtime, send: Send) -> Tick:
     with rt.pool.connection() as conn:
         with conn.transaction():
             paused = controls.paused(conn)
-            free = 0 if paused.global_ else free_channels(conn, paused.numbers)
+            free = 0 if paused.global_ else free_channels(rt, conn, paused.numbers)
             limit = min(free, settings.claim_batch)
             claimed = claim_fairly(conn, limit, settings.lease_s, paused) if limit else []
         if claimed:

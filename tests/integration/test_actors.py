@@ -38,6 +38,7 @@ def rt(database_url: str, redis_url: str) -> Iterator[tuple[Runtime, InMemoryPro
     runtime = Runtime.open(settings, providers={"simulator": provider})
     with runtime.pool.connection() as conn:
         conn.execute("TRUNCATE leads, call_attempts, lead_events, outbound_numbers CASCADE")
+        conn.execute("UPDATE templates SET calling_window = NULL")  # call at any hour
         conn.execute("INSERT INTO outbound_numbers (e164, max_channels) VALUES ('+14155550100', 3)")
     runtime.redis.flushdb()
     reconcile.rebuild_channels(runtime)

@@ -115,8 +115,8 @@ def test_no_free_slot_defers_without_an_attempt(rt: Runtime, provider: InMemoryP
     with rt.pool.connection() as conn:
         number_id = conn.execute("SELECT id FROM outbound_numbers").fetchone()["id"]  # type: ignore[index]
     # Someone else (another process) holds both channels.
-    assert rt.channels.acquire(number_id, "other-1", 2)
-    assert rt.channels.acquire(number_id, "other-2", 2)
+    assert rt.channels.acquire(number_id, "other-1", 2).taken
+    assert rt.channels.acquire(number_id, "other-2", 2).taken
     assert dispatch_lead(rt, lead_id, c.fence) == "deferred:no_free_channel"
     with rt.pool.connection() as conn:
         lead = conn.execute(
@@ -248,18 +248,18 @@ def test_lease_expiry_returns_lead_and_fences_old_message(
 
 
 def test_channel_semaphore_never_exceeds_its_limit(redis_url: str) -> None:
-    from dispatcher.channels import Channels
+    from dispatcher.channels import Acquired, Channels
 
     client = redis.Redis.from_url(redis_url)
     channels = Channels(client, "t", lease_s=60, grace_s=0)
-    assert channels.acquire(7, "a", 2) is None  # never rebuilt: refuse
+    assert channels.acquire(7, "a", 2) == Acquired(False, rebuilding=True)  # never rebuilt
     channels.rebuild(7, [])
-    assert channels.acquire(7, "a", 2) and channels.acquire(7, "b", 2)
-    assert channels.acquire(7, "c", 2) is False
+    assert channels.acquire(7, "a", 2).taken and channels.acquire(7, "b", 2).taken
+    assert channels.acquire(7, "c", 2) == Acquired(False)
     channels.release(7, "a")
     channels.release(7, "a")  # twice is harmless
-    assert channels.acquire(7, "c", 2)
-    assert channels.acquire(7, "d", 2) is False
+    assert channels.acquire(7, "c", 2).taken
+    assert channels.acquire(7, "d", 2) == Acquired(False)
     assert channels.holders(7) == {"b", "c"}
     # A rebuild from a read of PostgreSQL taken before "b" ended must not revive it.
     channels.release(7, "b")
@@ -297,3 +297,21 @@ def test_lost_answer_keeps_attempt_open_until_provider_confirms(
     call_id = provider.calls[provider.requests[0].attempt_id].call_id
     assert row == {"provider_call_id": call_id}
     assert len(provider.requests) == 1
+
+
+def test_calls_per_second_limit_spaces_calls_and_says_how_long_to_wait(redis_url: str) -> None:
+    from dispatcher.channels import Channels, cps_interval_ms
+
+    client = redis.Redis.from_url(redis_url)
+    channels = Channels(client, "cps", lease_s=60, grace_s=0)
+    channels.rebuild(9, [])
+    assert channels.cps_budget(9, 2.0) == 2
+    assert channels.acquire(9, "a", 10, cps=2.0).taken
+    second = channels.acquire(9, "b", 10, cps=2.0)
+    assert not second.taken and second.cps_wait_s is not None
+    assert 0 < second.cps_wait_s <= cps_interval_ms(2.0) / 1000
+    assert channels.cps_budget(9, 2.0) == 1  # one more slot inside the next second
+    assert channels.cps_budget(9, None) is None
+    # 2 calls per second never puts 3 calls in any 1-second window.
+    assert 2 * cps_interval_ms(2.0) > 1000
+    client.close()

@@ -97,7 +97,7 @@ def test_stale_fence_cannot_dial(conn: psycopg.Connection) -> None:
 
 def test_call_end_applies_retry_then_fails(conn: psycopg.Connection) -> None:
     conn.execute(
-        "UPDATE templates SET retry = %s WHERE name = 'default'",
+        "UPDATE templates SET retry = %s, calling_window = NULL WHERE name = 'default'",
         (Jsonb({"max_attempts": 2, "retry_on": ["busy"], "delay_s": 0, "backoff": "fixed"}),),
     )
     (lead_id,) = lifecycle.create_leads(conn, [_lead()])
