@@ -131,18 +131,20 @@ class Channels:
             return Acquired(False, cps_wait_s=int(wait_ms) / 1000)
         return Acquired(bool(status))
 
-    def cps_budget(self, number_id: int, cps: float | None, horizon_ms: int = 1000) -> int | None:
-        """How many calls the number may start within the next `horizon_ms` (None: no
-        limit); the scheduler claims no more than that, so leads wait in PostgreSQL."""
+    def cps_budget(self, number_id: int, cps: float | None) -> tuple[int | None, float]:
+        """(1 when the number may start a call now, 0 when its calls-per-second limit
+        holds it back, None for no limit; seconds until the slot after that). The
+        scheduler claims no more than that, so leads wait in PostgreSQL instead of being
+        claimed only to wait again."""
         interval = cps_interval_ms(cps)
         if not interval:
-            return None
+            return None, 0.0
         now = _now_ms()
         raw = self._redis.get(self.cps_key(number_id))
-        start = max(int(raw) if raw else 0, now)
-        if start > now + horizon_ms:
-            return 0
-        return 1 + (now + horizon_ms - start) // interval
+        tat = int(raw) if raw else 0
+        if tat > now:
+            return 0, (tat - now) / 1000
+        return 1, interval / 1000
 
     def release(self, number_id: int, attempt_id: str) -> None:
         self._release(

@@ -30,9 +30,10 @@ from phonenumbers import timezone as phone_timezones
 from psycopg import Connection
 
 from db.models import LEAD_STATUSES
-from dispatcher import lifecycle
+from dispatcher import lifecycle, policy
 from dispatcher.lifecycle import NewLead
 from dispatcher.logs import mask_phone
+from dispatcher.windows import CallingWindow
 
 log = structlog.get_logger(__name__)
 
@@ -234,10 +235,17 @@ def infer_timezone(phone: str) -> str | None:
     return None
 
 
-def first_attempt_at(now: dt.datetime, not_before: dt.datetime | None) -> dt.datetime:
-    """When a new lead is first due. Calling windows will move this into the lead's next
-    window (a later issue); until then it is simply not before `not_before`."""
-    return max(now, not_before) if not_before is not None else now
+def first_attempt_at(
+    now: dt.datetime,
+    not_before: dt.datetime | None,
+    window: CallingWindow | None,
+    timezone: str | None,
+    phone: str,
+) -> dt.datetime | None:
+    """When a new lead is first due: not before `not_before`, at the first instant inside
+    its calling window. None when its window never opens (the lead is skipped)."""
+    earliest = max(now, not_before) if not_before is not None else now
+    return policy.first_call_time(window, timezone, phone, earliest)
 
 
 # --- creation ---------------------------------------------------------------------------
@@ -344,7 +352,7 @@ def _create_items(
         else:
             drafts[i] = _Draft(values, _request_hash(values))
 
-    modes = _template_modes(conn, {v["template"] for v in parsed.values() if "template" in v})
+    modes = _templates(conn, {v["template"] for v in parsed.values() if "template" in v})
     for i, values in parsed.items():
         name = values.get("template")
         if name is not None and name not in modes:
@@ -406,13 +414,14 @@ def _leads_by_key(conn: Connection, values: Sequence[Mapping[str, Any]]) -> dict
     return {(r["reseller_id"], r["idempotency_key"]): r for r in rows}
 
 
-def _template_modes(conn: Connection, names: set[str]) -> dict[str, str]:
+def _templates(conn: Connection, names: set[str]) -> dict[str, Row]:
     if not names:
         return {}
     rows = conn.execute(
-        "SELECT name, execution_mode FROM templates WHERE name = ANY(%s)", (list(names),)
+        "SELECT name, execution_mode, calling_window FROM templates WHERE name = ANY(%s)",
+        (list(names),),
     ).fetchall()
-    return {r["name"]: r["execution_mode"] for r in rows}
+    return {r["name"]: r for r in rows}
 
 
 def _do_not_call(conn: Connection, values: Sequence[Mapping[str, Any]]) -> set[tuple[str, str]]:
@@ -432,15 +441,24 @@ def _do_not_call(conn: Connection, values: Sequence[Mapping[str, Any]]) -> set[t
 
 
 def _new_lead(
-    draft: _Draft, modes: Mapping[str, str], listed: set[tuple[str, str]], now: dt.datetime
+    draft: _Draft, templates: Mapping[str, Row], listed: set[tuple[str, str]], now: dt.datetime
 ) -> NewLead:
     values = draft.values
+    template = templates[values["template"]]
+    timezone = values["timezone"] or infer_timezone(values["phone"])
+    window = policy.window_for(template["execution_mode"], template["calling_window"])
+    due = first_attempt_at(now, values["not_before"], window, timezone, values["phone"])
+    skip = None
+    if (values["phone"], values["reseller_id"]) in listed:
+        skip = "do_not_call"
+    elif due is None:
+        skip = "no_calling_window"
     return NewLead(
-        **{**values, "timezone": values["timezone"] or infer_timezone(values["phone"])},
-        next_attempt_at=first_attempt_at(now, values["not_before"]),
-        execution_mode=modes[values["template"]],
+        **{**values, "timezone": timezone},
+        next_attempt_at=due or now,
+        execution_mode=template["execution_mode"],
         request_hash=draft.request_hash,
-        skip_reason="do_not_call" if (values["phone"], values["reseller_id"]) in listed else None,
+        skip_reason=skip,
     )
 
 

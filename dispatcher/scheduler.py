@@ -37,9 +37,15 @@ class Tick:
     sleep_s: float  # how long nothing is due, capped by the safety timeout
 
 
-def free_channels(rt: Runtime, conn: Connection, paused_numbers: Collection[int] = ()) -> int:
-    """Calls that may start now: per enabled, unpaused number the free channels, capped
-    by its calls-per-second budget, minus leads already claimed and about to take one."""
+@dataclass(frozen=True)
+class Capacity:
+    free: int  # calls that may start now
+    cps_wake_s: float | None  # when a number held back only by its cps limit frees a slot
+
+
+def capacity(rt: Runtime, conn: Connection, paused_numbers: Collection[int] = ()) -> Capacity:
+    """Per enabled, unpaused number its free channels, capped by its calls-per-second
+    budget, summed, minus leads already claimed and about to take one."""
     rows = conn.execute(
         """
         SELECT n.id, n.max_channels, n.cps,
@@ -51,12 +57,17 @@ def free_channels(rt: Runtime, conn: Connection, paused_numbers: Collection[int]
         (list(paused_numbers),),
     ).fetchall()
     queued = conn.execute("SELECT count(*) AS n FROM leads WHERE status = 'QUEUED'").fetchone()
-    total = 0
+    total, wake = 0, None
     for r in rows:
         free = max(r["max_channels"] - r["open"], 0)
-        budget = rt.channels.cps_budget(r["id"], _float(r["cps"]))
-        total += free if budget is None else min(free, budget)
-    return max(total - (queued["n"] if queued else 0), 0)
+        budget, wait_s = rt.channels.cps_budget(r["id"], _float(r["cps"]))
+        if budget is None:
+            total += free
+            continue
+        total += min(free, budget)
+        if free:  # wake for its next calls-per-second slot
+            wake = wait_s if wake is None else min(wake, wait_s)
+    return Capacity(max(total - (queued["n"] if queued else 0), 0), wake)
 
 
 def _float(value: object) -> float | None:
@@ -101,7 +112,8 @@ def tick(rt: Runtime, send: Send) -> Tick:
     with rt.pool.connection() as conn:
         with conn.transaction():
             paused = controls.paused(conn)
-            free = 0 if paused.global_ else free_channels(rt, conn, paused.numbers)
+            cap = Capacity(0, None) if paused.global_ else capacity(rt, conn, paused.numbers)
+            free = cap.free
             limit = min(free, settings.claim_batch)
             claimed = claim_fairly(conn, limit, settings.lease_s, paused) if limit else []
         if claimed:

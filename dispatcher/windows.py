@@ -236,7 +236,7 @@ def next_allowed(
                 return candidate
         lo_s += _DAY_S
         quiet = quiet + 1 if steady and not _restricted_near(window, lo) else 0
-        if quiet == 3:
+        if quiet == 7:
             # A whole week with fixed offsets and no restricted dates had no allowed
             # instant. With fixed offsets the window repeats weekly, and restricted dates
             # only take instants away, so nothing is allowed until some zone's offset

@@ -305,13 +305,14 @@ def test_calls_per_second_limit_spaces_calls_and_says_how_long_to_wait(redis_url
     client = redis.Redis.from_url(redis_url)
     channels = Channels(client, "cps", lease_s=60, grace_s=0)
     channels.rebuild(9, [])
-    assert channels.cps_budget(9, 2.0) == 2
+    assert channels.cps_budget(9, 2.0) == (1, cps_interval_ms(2.0) / 1000)
     assert channels.acquire(9, "a", 10, cps=2.0).taken
     second = channels.acquire(9, "b", 10, cps=2.0)
     assert not second.taken and second.cps_wait_s is not None
     assert 0 < second.cps_wait_s <= cps_interval_ms(2.0) / 1000
-    assert channels.cps_budget(9, 2.0) == 1  # one more slot inside the next second
-    assert channels.cps_budget(9, None) is None
+    budget, wake_s = channels.cps_budget(9, 2.0)  # none now; the next one in wake_s
+    assert budget == 0 and 0 < wake_s <= cps_interval_ms(2.0) / 1000
+    assert channels.cps_budget(9, None) == (None, 0.0)
     # 2 calls per second never puts 3 calls in any 1-second window.
     assert 2 * cps_interval_ms(2.0) > 1000
     client.close()
