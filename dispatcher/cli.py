@@ -94,9 +94,6 @@ def worker(
     redis_url: RedisOpt = None,
 ) -> None:
     """Run Dramatiq worker processes for the dispatch actors."""
-    from dramatiq.cli import main as dramatiq_main
-    from dramatiq.cli import make_argument_parser
-
     settings = _settings(
         worker_processes=processes,
         worker_threads=threads,
@@ -104,6 +101,11 @@ def worker(
         redis_url=redis_url,
     )
     os.environ.update(settings.to_env())  # the worker processes read the same settings
+    # Dramatiq reads its idle poll interval from this variable when it is imported.
+    os.environ["dramatiq_worker_timeout"] = str(settings.worker_poll_ms)  # noqa: SIM112
+    from dramatiq.cli import main as dramatiq_main
+    from dramatiq.cli import make_argument_parser
+
     args = make_argument_parser().parse_args(
         [
             "dispatcher.actors",

@@ -122,10 +122,8 @@ def tick(rt: Runtime, send: Send) -> Tick:
             return Tick(len(claimed), free, 0.0)
         # Nothing more is due now, or no channel is free (then a NOTIFY wakes us).
         wait = seconds_until_next_due(conn) if free > len(claimed) else None
-    sleep_s = (
-        settings.scheduler_safety_s if wait is None else min(wait, settings.scheduler_safety_s)
-    )
-    return Tick(len(claimed), free, sleep_s)
+    waits = (wait, cap.cps_wake_s, settings.scheduler_safety_s)
+    return Tick(len(claimed), free, min(w for w in waits if w is not None))
 
 
 def run(rt: Runtime, send: Send, stop: threading.Event) -> None:

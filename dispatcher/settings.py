@@ -56,6 +56,8 @@ class Settings:
     provider_timeout_s: float = field(default=10.0, metadata=_env("SWITCHBOARD_PROVIDER_TIMEOUT_S"))
     worker_processes: int = field(default=1, metadata=_env("SWITCHBOARD_WORKER_PROCESSES"))
     worker_threads: int = field(default=8, metadata=_env("SWITCHBOARD_WORKER_THREADS"))
+    # Longest an idle worker waits before polling Redis again: bounds pickup latency.
+    worker_poll_ms: int = field(default=50, metadata=_env("SWITCHBOARD_WORKER_POLL_MS"))
     db_pool_size: int = field(default=10, metadata=_env("SWITCHBOARD_DB_POOL_SIZE"))
     twilio_account_sid: str | None = field(default=None, metadata=_env("TWILIO_ACCOUNT_SID"))
     twilio_auth_token: str | None = field(default=None, metadata=_env("TWILIO_AUTH_TOKEN"))

@@ -258,7 +258,7 @@ def _restricted_near(window: CallingWindow, lo: dt.datetime) -> bool:
     """Whether a restricted date is a local date anywhere during [lo, lo + 1 day): that
     spans two UTC dates, and local dates are within a day of UTC (offsets are < 24 h)."""
     return bool(window.restricted_dates) and any(
-        lo.date() + dt.timedelta(days=k) in window.restricted_dates for k in (-1, 0, 1, 2)
+        lo.date() + dt.timedelta(days=k) in window.restricted_dates for k in (0, 1, 2)
     )
 
 
@@ -290,7 +290,7 @@ def _boundaries(
 ) -> tuple[list[dt.datetime], dt.timedelta]:
     """Every instant in the UTC day [lo, lo + 1 day) where the zone's allowed set may begin
     (its offset change, if any, and each instant whose wall time is exactly `start` on a
-    calling day), and the zone's offset at the day's last second.
+    calling day; possibly a few more), and the zone's offset at the day's last second.
 
     `lo` is a whole second (`lo_s` since the epoch); `before` is the offset the second
     before it. tzdata never changes a zone's offset twice within three days (checked over
@@ -300,10 +300,9 @@ def _boundaries(
     found: list[dt.datetime] = []
     hi = lo + _DAY
     after = _offset_at(zone, lo_s + _DAY_S - 1)
-    shown = (before,)
     if after != before:
-        # Bisect for the first second that shows a new offset: `a` still shows `before`,
-        # `b` does not.
+        # Bisect for the first second that shows the new offset: `a` still shows
+        # `before`, `b` does not.
         a, b = lo_s - 1, lo_s + _DAY_S - 1
         while b - a > 1:
             mid = (a + b) // 2
@@ -312,25 +311,18 @@ def _boundaries(
             else:
                 b = mid
         found.append(_EPOCH + dt.timedelta(seconds=b))
-        shown = (before, _offset_at(zone, b), after)
-    start = dt.timedelta(
-        hours=window.start.hour,
-        minutes=window.start.minute,
-        seconds=window.start.second,
-        microseconds=window.start.microsecond,
-    )
-    for offset in dict.fromkeys(shown):
-        # Wall time = UTC + offset: under each offset the zone shows during the day, each
-        # local date has one UTC instant showing `start`. When the offset changed during
-        # the day, that instant is real only if the zone shows that offset then (else it
-        # falls in a gap, where the offset change above is the boundary instead).
-        day = (lo + offset - start).date()
+    for offset in {before, after}:
+        # Wall time = UTC + offset, so under each offset the zone shows during the day,
+        # each local date has one UTC instant showing `start`. Around an offset change one
+        # of them may be an instant at which the zone shows the other offset (or one in a
+        # gap, where the change itself is the boundary): a needless candidate, harmless
+        # because every candidate is judged by the definition.
+        day = (lo + offset).date()  # earlier dates show `start` before `lo`
         while (candidate := dt.datetime.combine(day, window.start, _UTC) - offset) < hi:
             if (
                 candidate >= lo
                 and day.weekday() in window.days
                 and day not in window.restricted_dates
-                and (len(shown) == 1 or candidate.astimezone(zone).utcoffset() == offset)
             ):
                 found.append(candidate)
             day += _DAY

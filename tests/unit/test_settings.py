@@ -182,6 +182,7 @@ def test_to_env_round_trips_every_changed_field() -> None:
         provider_timeout_s=1.5,
         worker_processes=4,
         worker_threads=16,
+        worker_poll_ms=25,
         db_pool_size=2,
         twilio_account_sid="AC123",
         twilio_auth_token="tok",
