@@ -192,5 +192,8 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
+# --- commands that live in their own modules: one registration line each -------------
+
+
 if __name__ == "__main__":
     app()

@@ -483,3 +483,25 @@ def skip_listed(conn: Connection, phones: Sequence[str], reseller_id: str | None
         reason="do_not_call",
     )
     return [r["id"] for r in rows]
+
+
+def requeue(
+    conn: Connection, lead_ids: Sequence[int], extra_attempts: int = 1, reason: str = "recovered"
+) -> list[int]:
+    """FAILED or EXPIRED leads back to BACKLOG, due now, with `extra_attempts` more calls
+    allowed: an operator's recovery after an outage, the one way out of those two final
+    states, audited like every change. Returns the ids that changed; a lead changes once
+    however often it is named."""
+    rows = _transition(
+        conn,
+        where="id = ANY(%(ids)s)",
+        params={"ids": list(lead_ids), "extra": extra_attempts},
+        from_=("FAILED", "EXPIRED"),
+        to="BACKLOG",
+        reason=reason,
+        set_sql=", next_attempt_at = now(), expires_at = NULL, fence = l.fence + 1,"
+        " max_attempts = least(l.attempt_count + %(extra)s, 20)",
+    )
+    if rows:
+        notify(conn)
+    return [r["id"] for r in rows]

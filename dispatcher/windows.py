@@ -258,7 +258,7 @@ def _restricted_near(window: CallingWindow, lo: dt.datetime) -> bool:
     """Whether a restricted date is a local date anywhere during [lo, lo + 1 day): that
     spans two UTC dates, and local dates are within a day of UTC (offsets are < 24 h)."""
     return bool(window.restricted_dates) and any(
-        lo.date() + dt.timedelta(days=k) in window.restricted_dates for k in (0, 1, 2)
+        lo.date() + dt.timedelta(days=k) in window.restricted_dates for k in (-1, 0, 1, 2)
     )
 
 
