@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 
 from db.models import OUTCOMES
 from dispatcher.leads import FieldError, InvalidInput
+from dispatcher.windows import CallingWindow
 
 Row = dict[str, Any]
 
@@ -22,7 +23,6 @@ BACKOFFS = ("fixed", "exponential")
 EXECUTION_MODES = ("telephony", "telephony_alert")
 NAME_MAX = 100
 _NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}$")
-_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
 class _Errors:
@@ -41,38 +41,41 @@ class _Errors:
             self.check(f"{prefix}.{key}", key in allowed, "is not a known field")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _window(e: _Errors, w: Any) -> dict[str, Any] | None:
-    if w is None:
+    """Checked by the code that applies it (`windows.CallingWindow`), so what is stored is
+    exactly what the dispatcher understands."""
+    try:
+        window = CallingWindow.from_json(w)
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        e.check(field, False, message or str(exc))
         return None
-    if not e.check("calling_window", isinstance(w, Mapping), "must be an object or null"):
+    if window is None:
         return None
-    e.keys("calling_window", w, ("start", "end", "days"))
-    start, end, days = w.get("start"), w.get("end"), w.get("days")
-    for name, value in (("start", start), ("end", end)):
-        e.check(
-            f"calling_window.{name}",
-            isinstance(value, str) and bool(_HHMM.match(value)),
-            "must be a time HH:MM (00:00-23:59)",
-        )
-    if isinstance(start, str) and isinstance(end, str) and _HHMM.match(start) and _HHMM.match(end):
-        e.check("calling_window.end", start < end, "must be after start")
-    if e.check(
-        "calling_window.days",
-        isinstance(days, list) and bool(days) and all(d in DAYS for d in days),
-        f"must be a non-empty list of {', '.join(DAYS)}",
-    ):
-        days = [d for d in DAYS if d in days]  # week order, no repeats
-    return {"start": start, "end": end, "days": days}
+    return {
+        "start": window.start.strftime("%H:%M"),
+        "end": window.end.strftime("%H:%M"),
+        "days": [d for i, d in enumerate(DAYS) if i in window.days],  # week order, no repeats
+        **(
+            {"restricted_dates": sorted(d.isoformat() for d in window.restricted_dates)}
+            if window.restricted_dates
+            else {}
+        ),
+    }
 
 
 def _retry(e: _Errors, r: Any) -> dict[str, Any]:
     if not e.check("retry", isinstance(r, Mapping), "is required and must be an object"):
         return {}
-    e.keys("retry", r, ("max_attempts", "retry_on", "delay_s", "backoff"))
+    e.keys("retry", r, ("max_attempts", "retry_on", "delay_s", "backoff", "jitter", "spread_hours"))
     retry = {**r, "backoff": r.get("backoff") or "fixed"}
     e.check(
         "retry.max_attempts",
@@ -93,7 +96,19 @@ def _retry(e: _Errors, r: Any) -> dict[str, Any]:
         "must be a number of seconds >= 0",
     )
     e.check("retry.backoff", retry["backoff"] in BACKOFFS, f"must be one of {', '.join(BACKOFFS)}")
-    return retry
+    for key, high in (("jitter", 1), ("spread_hours", 24)):
+        value = retry.get(key)
+        e.check(
+            f"retry.{key}",
+            value is None
+            or (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and 0 <= value <= high
+            ),
+            f"must be a number from 0 to {high}",
+        )
+    return {k: v for k, v in retry.items() if v is not None}
 
 
 def _cap(e: _Errors, c: Any) -> dict[str, Any] | None:

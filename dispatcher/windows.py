@@ -14,7 +14,11 @@ instant after a disallowed one is where some zone's interval begins. Such a begi
 either an instant whose wall time is exactly `start` or a UTC offset change of that zone
 (a change of local date only matters at 00:00, which is then `start`). The sweep walks
 one UTC day at a time, collects those boundaries for every zone and returns the first
-one that the definition itself (`is_allowed`) accepts.
+one that the definition itself accepts. After a whole week with nothing allowed, no
+offset change and no restricted date, nothing can be allowed before some zone's next
+offset change (the week just repeats), so the sweep jumps there: zones that never overlap
+cost well under a millisecond for the 400-day horizon, a typical answer tens of
+microseconds.
 """
 
 from __future__ import annotations
@@ -189,7 +193,7 @@ def next_allowed(
 ) -> dt.datetime:
     """The earliest instant >= `instant` (to the microsecond) that `is_allowed`, in UTC.
 
-    Raises NoAllowedInstant when there is none before `instant + horizon_days`.
+    Raises NoAllowedInstant when there is none up to `instant + horizon_days`.
     """
     utc = _as_utc(instant)
     if window is None:

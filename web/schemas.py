@@ -91,6 +91,9 @@ class CallingWindow(Struct, forbid_unknown_fields=True):
     start: Annotated[str, Meta(description="HH:MM in the lead's time zone", examples=["09:00"])]
     end: Annotated[str, Meta(description="HH:MM, after start", examples=["21:00"])]
     days: Annotated[list[str], Meta(description="mon, tue, wed, thu, fri, sat, sun")]
+    restricted_dates: (
+        Annotated[list[str], Meta(description="local dates YYYY-MM-DD with no calls")] | None
+    ) = None
 
 
 class RetrySpec(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -98,6 +101,10 @@ class RetrySpec(Struct, forbid_unknown_fields=True, kw_only=True):
     retry_on: Annotated[list[str], Meta(description="call outcomes that are retried")]
     delay_s: Annotated[int, Meta(ge=0, description="seconds before the next attempt")]
     backoff: Annotated[str, Meta(description="fixed or exponential")] = "fixed"
+    jitter: Annotated[float, Meta(ge=0, le=1, description="± fraction of the delay")] | None = None
+    spread_hours: (
+        Annotated[float, Meta(ge=0, le=24, description="min hours after the last attempt")] | None
+    ) = None
 
 
 class FrequencyCap(Struct, forbid_unknown_fields=True):

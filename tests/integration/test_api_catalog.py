@@ -267,7 +267,7 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         (_with("retry.retry_on", ["busy", "nope"]), "retry.retry_on"),
         (_with("retry.delay_s", -1), "retry.delay_s"),
         (_with("retry.backoff", "linear"), "retry.backoff"),
-        (_with("retry.jitter", 0.5), "retry.jitter"),
+        (_with("retry.jitter", 1.5), "retry.jitter"),
         (_with("frequency_cap.per_phone_per_day", 0), "frequency_cap.per_phone_per_day"),
         (_with("execution_mode", "sms"), "execution_mode"),
         ({**TEMPLATE, "colour": "red"}, "colour"),
@@ -296,3 +296,36 @@ def test_template_names_and_roles(client: TestClient[Litestar], runtime: Runtime
             client.put("/v1/templates/x", json=TEMPLATE, headers=auth("alert_system", "r1")), 403
         )
     assert client.get("/v1/templates/default", headers=R1).json()["retry"]["delay_s"] == 7200
+
+
+def test_template_keeps_restricted_dates_and_retry_options(client: TestClient[Litestar]) -> None:
+    body = {
+        "calling_window": {
+            "start": "10:00",
+            "end": "18:00",
+            "days": ["fri", "mon", "mon"],
+            "restricted_dates": ["2026-12-25", "2026-12-24"],
+        },
+        "retry": {
+            "max_attempts": 2,
+            "retry_on": ["busy"],
+            "delay_s": 60,
+            "jitter": 0.2,
+            "spread_hours": 3,
+        },
+        "frequency_cap": None,
+        "execution_mode": "telephony",
+    }
+    r = client.put("/v1/templates/holidays", json=body, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["calling_window"] == {
+        "start": "10:00",
+        "end": "18:00",
+        "days": ["mon", "fri"],
+        "restricted_dates": ["2026-12-24", "2026-12-25"],
+    }
+    assert (r.json()["retry"]["jitter"], r.json()["retry"]["spread_hours"]) == (0.2, 3)
+    bad = {**body, "calling_window": {**body["calling_window"], "restricted_dates": ["25.12.2026"]}}
+    r = client.put("/v1/templates/holidays", json=bad, headers=ADMIN)
+    assert r.status_code == 422
+    assert [e["field"] for e in r.json()["errors"]] == ["calling_window.restricted_dates"]

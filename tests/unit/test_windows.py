@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dispatcher import windows
@@ -60,6 +60,23 @@ ZONE_NAMES = (
     "Pacific/Chatham",
     "Pacific/Apia",
 )
+# Pairs a few hours apart whose DST rules differ, so that a short window overlaps in both
+# on one side of an offset change only.
+NEIGHBOURS = (
+    ("Europe/London", "UTC"),
+    ("Europe/London", "Africa/Casablanca"),
+    ("Europe/Berlin", "Europe/Moscow"),
+    ("Europe/Berlin", "Asia/Beirut"),
+    ("America/New_York", "America/Phoenix"),
+    ("America/New_York", "America/Sao_Paulo"),
+    ("America/New_York", "America/Santiago"),
+    ("America/Havana", "America/Chicago"),
+    ("America/St_Johns", "America/Sao_Paulo"),
+    ("Australia/Sydney", "Australia/Lord_Howe"),
+    ("Australia/Sydney", "Asia/Tokyo"),
+    ("Pacific/Chatham", "Pacific/Apia"),
+    ("Asia/Kathmandu", "Europe/Moscow"),
+)
 FIRST = dt.datetime(2008, 1, 1, tzinfo=UTC)
 LAST = dt.datetime(2031, 1, 1, tzinfo=UTC)
 
@@ -103,7 +120,7 @@ def _first_change(zone: ZoneInfo, a: dt.datetime, b: dt.datetime) -> dt.datetime
     (zoneinfo changes offsets on whole seconds). Assumes one change in (a, b]."""
     offset = a.astimezone(zone).utcoffset()
     lo = a.replace(microsecond=0)  # same second as `a`, so the same offset
-    hi = b
+    hi = b.replace(microsecond=0)  # likewise for `b`
     while hi - lo > dt.timedelta(seconds=1):
         mid = lo + dt.timedelta(seconds=int((hi - lo).total_seconds()) // 2)
         if mid.astimezone(zone).utcoffset() == offset:
@@ -217,28 +234,52 @@ jitter = st.one_of(st.sampled_from([0, 1, -1, 999_999]), st.integers(-60_000_000
 
 
 @st.composite
-def instants(
-    draw: st.DrawFn, zones: Sequence[ZoneInfo], before: dt.timedelta = dt.timedelta(hours=3)
-) -> dt.datetime:
-    """Anywhere in 2008-2030, or within `before` of one of the zones' offset changes
-    (3 h after it at most)."""
-    changes = transitions(draw(st.sampled_from([z.key for z in zones])))
+def instants(draw: st.DrawFn, zones: Sequence[ZoneInfo]) -> tuple[dt.datetime, list[int]]:
+    """An instant: half the time within 3 h of one of the zones' offset changes, else
+    anywhere in 2008-2030. With it, the minutes of the day a change shows on its wall
+    clock either side of it (none when not near one), for windows that start or end in a
+    gap or a repeated hour."""
+    zone = draw(st.sampled_from(zones))
+    changes = transitions(zone.key)
     if changes and draw(st.booleans()):
         change = draw(st.sampled_from(changes))
-        shift = draw(st.integers(-int(before.total_seconds()) // 60, 180))
-        return change + dt.timedelta(minutes=shift) + draw(jitter)
+        shift = dt.timedelta(minutes=draw(st.integers(-180, 180)))
+        walls = [at.astimezone(zone) for at in (change - MICRO, change)]
+        pivots = [wall.hour * 60 + wall.minute for wall in walls]
+        return change + shift + draw(jitter), pivots
     naive = draw(
         st.datetimes(min_value=FIRST.replace(tzinfo=None), max_value=dt.datetime(2030, 12, 1))
     )
-    return naive.replace(tzinfo=UTC)
+    # On a whole minute (and so often exactly on a boundary) give or take a jitter.
+    return naive.replace(second=0, microsecond=0, tzinfo=UTC) + draw(jitter), []
 
 
 @st.composite
-def calling_windows(draw: st.DrawFn, near: dt.date, grid: int = 1) -> CallingWindow:
-    a, b = draw(
-        st.lists(minutes.map(lambda m: m // grid * grid), min_size=2, max_size=2, unique=True)
+def calling_windows(
+    draw: st.DrawFn,
+    near: dt.date,
+    grid: int = 1,
+    lengths: tuple[int, int] | None = None,
+    pivots: Sequence[int] = (),
+) -> CallingWindow:
+    """Any same-day window, or (half the time) a long one so that zones hours apart still
+    overlap often, or one whose length in minutes is within `lengths`; start and end on
+    multiples of `grid` minutes, often close to `pivots` (minutes of the day)."""
+    close = sorted(
+        {p + d for p in pivots for d in (-30, -15, -1, 0, 1, 15, 30) if 0 <= p + d <= 1439}
     )
-    start, end = min(a, b), max(a, b)
+    anywhere = st.one_of(st.sampled_from(close), minutes) if close else minutes
+    on_grid = anywhere.map(lambda m: m // grid * grid)
+    if lengths is not None:
+        length = draw(st.integers(*lengths).map(lambda m: max(m // grid * grid, grid)))
+        start = draw(on_grid.filter(lambda m: m + length <= 1439))
+        end = start + length
+    elif draw(st.booleans()):
+        start = draw(on_grid.filter(lambda m: m <= 720))
+        end = draw(on_grid.filter(lambda m: m >= 1200))
+    else:
+        a, b = draw(st.lists(on_grid, min_size=2, max_size=2, unique=True))
+        start, end = min(a, b), max(a, b)
     days = draw(
         st.one_of(st.just(frozenset(range(7))), st.frozensets(st.integers(0, 6), min_size=1))
     )
@@ -260,8 +301,8 @@ def calling_windows(draw: st.DrawFn, near: dt.date, grid: int = 1) -> CallingWin
 @given(st.data())
 def test_next_allowed_is_the_earliest_allowed_instant(data: st.DataObject) -> None:
     zones = data.draw(zone_sets, label="zones")
-    instant = data.draw(instants(zones), label="instant")
-    w = data.draw(calling_windows(instant.date()), label="window")
+    instant, pivots = data.draw(instants(zones), label="instant")
+    w = data.draw(calling_windows(instant.date(), pivots=pivots), label="window")
     shown_in = data.draw(zone_names, label="instant shown in")
     horizon = 12
 
@@ -284,12 +325,19 @@ def test_next_allowed_is_the_earliest_allowed_instant(data: st.DataObject) -> No
 @given(st.data())
 def test_is_allowed_follows_the_wall_clock_in_every_zone(data: st.DataObject) -> None:
     zones = data.draw(zone_sets, label="zones")
-    instant = data.draw(instants(zones), label="instant")
-    w = data.draw(calling_windows(instant.date()), label="window")
+    instant, pivots = data.draw(instants(zones), label="instant")
+    w = data.draw(calling_windows(instant.date(), pivots=pivots), label="window")
     expected = all(_allowed_here(w, instant.astimezone(z)) for z in zones)
     assert is_allowed(w, zones, instant) is expected
     if expected:
         assert next_allowed(w, zones, instant) == instant
+
+
+def _difference(zones: Sequence[ZoneInfo], at: dt.datetime) -> int:
+    """Minutes between the two zones' offsets at `at`."""
+    first, second = (at.astimezone(z).utcoffset() for z in zones)
+    assert first is not None and second is not None
+    return (first - second) // dt.timedelta(minutes=1)
 
 
 @settings(PROPERTY_SETTINGS, max_examples=150)
@@ -298,15 +346,50 @@ def test_next_allowed_across_weeks_with_nothing_allowed(data: st.DataObject) -> 
     """Zones whose windows only overlap on one side of an offset change: the sweep may go
     through weeks with nothing allowed (and jump over them). Quarter-hour windows keep
     the oracle's scan cheap (every zone here has quarter-hour offsets, and it checks)."""
-    zones = data.draw(
-        st.lists(zone_names, min_size=2, max_size=2, unique=True).map(
-            lambda names: tuple(ZoneInfo(n) for n in names)
-        ),
-        label="zones",
+    pairs = st.one_of(
+        st.sampled_from(NEIGHBOURS), st.lists(zone_names, min_size=2, max_size=2, unique=True)
     )
-    instant = data.draw(instants(zones, before=dt.timedelta(days=30)), label="instant")
-    w = data.draw(calling_windows(instant.date(), grid=15), label="window")
+    zones = data.draw(pairs.map(lambda names: tuple(ZoneInfo(n) for n in names)), label="zones")
+    # Nine days to three weeks and a half before an offset change of either zone.
+    changes = sorted(c for z in zones for c in transitions(z.key))
+    assume(changes)
+    change = data.draw(st.sampled_from(changes), label="change")
+    early = data.draw(st.integers(9 * 1440, 24 * 1440), label="minutes before")
+    instant = change - dt.timedelta(minutes=early) + data.draw(jitter, label="jitter")
+    # Windows short enough that the zones' overlap depends on their offsets; when the
+    # change brings the zones closer, one that overlaps only after the change.
+    apart = [abs(_difference(zones, at)) for at in (change - MICRO, change)]
+    lengths = (apart[1] + 15, apart[0]) if apart[1] < apart[0] else (15, 240)
+    w = data.draw(calling_windows(instant.date(), grid=15, lengths=lengths), label="window")
     horizon = 45
+
+    try:
+        found = next_allowed(w, zones, instant, horizon_days=horizon)
+    except NoAllowedInstant:
+        until = instant + dt.timedelta(days=horizon) + MICRO
+        assert first_allowed_by_scan(w, zones, instant, until, step_minutes=15) is None
+        return
+    assert first_allowed_by_scan(w, zones, instant, found + MICRO, step_minutes=15) == found
+
+
+@settings(PROPERTY_SETTINGS, max_examples=100)
+@given(st.data())
+def test_restricted_dates_that_empty_a_week_are_not_skipped_over(data: st.DataObject) -> None:
+    """One or two calling days a week, and restricted dates on the next of them: weeks
+    with nothing allowed that are not a reason to jump to the next offset change."""
+    zones = data.draw(zone_sets, label="zones")
+    instant, pivots = data.draw(instants(zones), label="instant")
+    w = data.draw(calling_windows(instant.date(), grid=15, pivots=pivots), label="window")
+    days = data.draw(st.frozensets(st.integers(0, 6), min_size=1, max_size=2), label="days")
+    local = instant.astimezone(zones[0]).date()
+    calling_days = [
+        local + dt.timedelta(days=k) for k in range(-1, 16) if (local.weekday() + k) % 7 in days
+    ]
+    restricted = data.draw(
+        st.lists(st.sampled_from(calling_days), min_size=1, max_size=3), label="restricted"
+    )
+    w = CallingWindow(w.start, w.end, days, frozenset(restricted))
+    horizon = 30
 
     try:
         found = next_allowed(w, zones, instant, horizon_days=horizon)
@@ -394,6 +477,21 @@ def test_two_zones_only_in_their_overlap() -> None:
     assert is_allowed(w, both, utc("2026-06-11T00:59:59Z"))  # 20:59:59 ET
     assert not is_allowed(w, both, utc("2026-06-11T01:00Z"))  # 21:00 ET
     assert not is_allowed(w, both, utc("2026-06-10T15:59:59Z"))  # 08:59:59 PT
+
+
+def test_opening_exactly_a_day_later_is_found() -> None:
+    # Tuesday 09:00 EDT, on Wednesdays only: the opening is exactly 24 h later.
+    w = window("09:00", "21:00", ["wed"])
+    assert next_allowed(w, [NY], utc("2026-06-09T13:00Z")) == utc("2026-06-10T13:00Z")
+
+
+def test_a_week_emptied_by_a_restricted_date_is_not_jumped_over() -> None:
+    # Monday evenings in Los Angeles, from Sunday evening: Monday 2026-06-15 is
+    # restricted, so nothing is allowed for a week, which must not look like the weeks
+    # that repeat until the next offset change. That Monday is still the local date when
+    # UTC day 2026-06-16 begins. The next Monday evening starts at 04:00 UTC on 06-23.
+    w = window("21:00", "23:00", ["mon"], ["2026-06-15"])
+    assert next_allowed(w, [LA], utc("2026-06-15T03:00Z")) == utc("2026-06-23T04:00Z")
 
 
 def test_zones_that_never_overlap_have_no_allowed_instant() -> None:
