@@ -22,6 +22,29 @@ TABLES = {
 }
 
 
+OPS_VIEWS = {
+    "attempts_per_lead",
+    "channel_use",
+    "due_backlog",
+    "due_backlog_total",
+    "failures",
+    "outcomes_hourly",
+    "queue_depth",
+    "stuck_leads",
+}
+
+
+def _ops_views(url: str) -> set[str]:
+    """The views of the `ops` schema (revision 0002) that the read-only role may read."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'ops' AND c.relkind = 'v'"
+            " AND has_table_privilege('switchboard_ops_reader', c.oid, 'SELECT')"
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
 def _tables(url: str) -> set[str]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
@@ -47,10 +70,19 @@ def test_upgrade_downgrade_upgrade(pg_server_url: str) -> None:
             ).fetchone()
         assert [t[0] for t in templates] == ["alert", "default"]
         assert claim_index is not None and "WHERE (status = 'BACKLOG'::text)" in claim_index[0]
+        assert _ops_views(url) == OPS_VIEWS
+        downgrade(url, "0001")
+        assert {"leads", "call_attempts", "lead_events"} <= _tables(url)
+        assert _ops_views(url) == set()
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT to_regnamespace('ops')").fetchone() == (None,)
+        upgrade(url)
+        assert _ops_views(url) == OPS_VIEWS
         downgrade(url)
         assert _tables(url) == set()
         upgrade(url)
         assert _tables(url) == TABLES
+        assert _ops_views(url) == OPS_VIEWS
     finally:
         with psycopg.connect(pg_server_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
