@@ -13,7 +13,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
-from dispatcher import dispatch
+from dispatcher import dispatch, metrics
 from dispatcher.runtime import Runtime
 from dispatcher.settings import Settings
 
@@ -49,4 +49,5 @@ def runtime() -> Runtime:
 
 @dramatiq.actor(queue_name=DISPATCH_QUEUE, max_retries=5, min_backoff=200, max_backoff=5_000)
 def dispatch_lead(lead_id: int, fence: int) -> None:
-    dispatch.dispatch_lead(runtime(), lead_id, fence)
+    result = dispatch.dispatch_lead(runtime(), lead_id, fence)
+    metrics.DISPATCHES.labels(result=result).inc()

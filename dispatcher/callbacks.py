@@ -11,7 +11,7 @@ import uuid
 import structlog
 from psycopg import Connection
 
-from dispatcher import lifecycle
+from dispatcher import lifecycle, metrics
 from dispatcher.lifecycle import CallEnded
 from dispatcher.runtime import Runtime
 from dispatcher.telephony.base import FINAL_RANK, PROGRESS_RANK, CallEvent, outcome_for
@@ -34,6 +34,7 @@ def apply_event(rt: Runtime, provider: str, event: CallEvent) -> bool:
         ended = apply_status(conn, event)
     if ended is not None:
         rt.channels.release(ended.number_id, str(ended.attempt_id))
+        metrics.call_ended(ended)
         log.info(
             "call_ended",
             lead_id=ended.lead_id,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -71,6 +73,7 @@ def api(
 @app.command()
 def scheduler(database_url: DatabaseOpt = None, redis_url: RedisOpt = None) -> None:
     """Claim due leads and hand them to the workers (run any number of these)."""
+    from dispatcher import metrics
     from dispatcher import scheduler as sched
     from dispatcher.runtime import Runtime
 
@@ -79,6 +82,7 @@ def scheduler(database_url: DatabaseOpt = None, redis_url: RedisOpt = None) -> N
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    metrics.serve(settings.scheduler_metrics_port, settings.metrics_host)
     rt = Runtime.open(settings)
     try:
         sched.run(rt, sched.send_to_dramatiq, stop)
@@ -103,12 +107,13 @@ def worker(
     os.environ.update(settings.to_env())  # the worker processes read the same settings
     # Dramatiq reads its idle poll interval from this variable when it is imported.
     os.environ["dramatiq_worker_timeout"] = str(settings.worker_poll_ms)  # noqa: SIM112
+    metrics_dir = _worker_metrics_dir(settings.worker_metrics_port)
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
 
     args = make_argument_parser().parse_args(
         [
-            "dispatcher.actors",
+            "dispatcher.worker",  # the actors' broker plus the worker-only middleware
             "--processes",
             str(settings.worker_processes),
             "--threads",
@@ -116,7 +121,27 @@ def worker(
             "--skip-logging",
         ]
     )
-    sys.exit(dramatiq_main(args))
+    try:
+        code = dramatiq_main(args)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    sys.exit(code)
+
+
+def _worker_metrics_dir(port: int) -> Path | None:
+    """prometheus_client chooses multiprocess mode when it is first imported, so the
+    directory must be in the environment before Dramatiq starts the worker processes (and
+    this process must not import prometheus_client). One directory per port, emptied at
+    start: files of dead processes would otherwise be summed in forever."""
+    if not port:
+        return None
+    path = Path(tempfile.gettempdir()) / f"switchboard-worker-metrics-{port}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    # Dramatiq's Prometheus middleware reads `dramatiq_prom_db`; prometheus_client the other.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["dramatiq_prom_db"] = str(path)  # noqa: SIM112
+    return path
 
 
 @app.command()
@@ -193,6 +218,13 @@ def new_secret() -> str:
 
 
 # --- commands that live in their own modules: one registration line each -------------
+from dispatcher import importer, recovery  # noqa: E402
+
+app.command("import")(importer.import_command)
+app.command("recover")(recovery.recover_command)
+from dispatcher import ops_cli  # noqa: E402
+
+app.add_typer(ops_cli.ops_app, name="ops")
 
 
 if __name__ == "__main__":

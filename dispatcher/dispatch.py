@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import structlog
 from psycopg import Connection
 
-from dispatcher import controls, dnc, lifecycle, policy
+from dispatcher import controls, dnc, lifecycle, metrics, policy
 from dispatcher.controls import Paused
 from dispatcher.lifecycle import CallEnded, NewAttempt, Row
 from dispatcher.runtime import Runtime
@@ -86,9 +86,12 @@ def dispatch_lead(rt: Runtime, lead_id: int, fence: int) -> str:
             if taken is not None:
                 rt.channels.release(taken.id, str(attempt_id))
             raise
+        # The attempt row is committed; it started at db_now (its started_at).
+        metrics.observe_pickup(lead["next_attempt_at"], lead["db_now"])
         result, ended = _place(conn, rt, lead, taken, attempt_id)
     if ended is not None:
         rt.channels.release(ended.number_id, str(attempt_id))
+        metrics.call_ended(ended)
     bound.info("dispatched", result=result, number=taken.e164)
     return result
 

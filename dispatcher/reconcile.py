@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import structlog
 from psycopg import Connection
 
-from dispatcher import lifecycle
+from dispatcher import lifecycle, metrics
 from dispatcher.callbacks import apply_status
 from dispatcher.lifecycle import CallEnded
 from dispatcher.runtime import Runtime
@@ -44,6 +44,7 @@ def run_all(rt: Runtime) -> Repairs:
     repairs.calls_ended = _locked(rt, LOCK_CALLS, lambda c: end_silent_calls(c, rt))
     added, removed = rebuild_channels(rt)
     repairs.slots_added, repairs.slots_removed = added, removed
+    metrics.repairs(repairs.leases_expired, repairs.calls_ended, added, removed)
     if repairs.leases_expired or repairs.calls_ended or added or removed:
         log.info("reconciled", **{k: v for k, v in vars(repairs).items() if v and k != "by_kind"})
     return repairs
@@ -87,6 +88,7 @@ def end_silent_calls(conn: Connection, rt: Runtime) -> int:
                 ended.append(result)
     for result in ended:
         rt.channels.release(result.number_id, str(result.attempt_id))
+        metrics.call_ended(result)
     return len(ended)
 
 

@@ -18,7 +18,7 @@ import structlog
 from psycopg import Connection
 
 from db.pool import connect
-from dispatcher import controls, fairness, lifecycle, reconcile
+from dispatcher import controls, fairness, heartbeat, lifecycle, metrics, reconcile
 from dispatcher.controls import Paused
 from dispatcher.lifecycle import Claimed
 from dispatcher.runtime import Runtime
@@ -118,6 +118,7 @@ def tick(rt: Runtime, send: Send) -> Tick:
             claimed = claim_fairly(conn, limit, settings.lease_s, paused) if limit else []
         if claimed:
             send(claimed)
+            metrics.CLAIMS.inc(len(claimed))
         if claimed and len(claimed) == limit:
             return Tick(len(claimed), free, 0.0)
         # Nothing more is due now, or no channel is free (then a NOTIFY wakes us).
@@ -132,10 +133,16 @@ def run(rt: Runtime, send: Send, stop: threading.Event) -> None:
     assert settings.database_url
     listener = connect(settings.database_url, autocommit=True)
     listener.execute(f"LISTEN {lifecycle.NOTIFY_CHANNEL}")
-    next_reconcile = 0.0
+    beats = heartbeat.Heartbeats.open(settings)
+    next_reconcile = next_sample = 0.0
     log.info("scheduler_started")
     try:
         while not stop.is_set():
+            beats.beat_safely(heartbeat.SCHEDULER)  # /health: this loop is turning
+            metrics.scheduler_loop()
+            if settings.scheduler_metrics_port and time.monotonic() >= next_sample:
+                _guarded(metrics.sample_backlog, rt)
+                next_sample = time.monotonic() + settings.metrics_sample_s
             if time.monotonic() >= next_reconcile:
                 _guarded(reconcile.run_all, rt)
                 next_reconcile = time.monotonic() + settings.reconcile_interval_s
@@ -147,6 +154,8 @@ def run(rt: Runtime, send: Send, stop: threading.Event) -> None:
                     pass
     finally:
         listener.close()
+        beats.forget(heartbeat.SCHEDULER)
+        beats.close()
         log.info("scheduler_stopped")
 
 

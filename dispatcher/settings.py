@@ -61,6 +61,25 @@ class Settings:
     db_pool_size: int = field(default=10, metadata=_env("SWITCHBOARD_DB_POOL_SIZE"))
     twilio_account_sid: str | None = field(default=None, metadata=_env("TWILIO_ACCOUNT_SID"))
     twilio_auth_token: str | None = field(default=None, metadata=_env("TWILIO_AUTH_TOKEN"))
+    # --- operations: metrics, heartbeats, /health ---------------------------------------
+    # Prometheus exposition of the scheduler and of each `switchboard worker` (all its
+    # processes on one port); 0 turns it off. The API serves its own on GET /metrics.
+    scheduler_metrics_port: int = field(
+        default=9101, metadata=_env("SWITCHBOARD_SCHEDULER_METRICS_PORT")
+    )
+    worker_metrics_port: int = field(default=9191, metadata=_env("SWITCHBOARD_WORKER_METRICS_PORT"))
+    metrics_host: str = field(default="127.0.0.1", metadata=_env("SWITCHBOARD_METRICS_HOST"))
+    # How often the scheduler samples the backlog gauges (due leads, oldest due age, ...).
+    metrics_sample_s: float = field(default=5.0, metadata=_env("SWITCHBOARD_METRICS_SAMPLE_S"))
+    # How often each worker process writes its heartbeat (the scheduler writes every loop).
+    worker_heartbeat_s: float = field(default=2.0, metadata=_env("SWITCHBOARD_WORKER_HEARTBEAT_S"))
+    # /health fails when the newest scheduler (worker) heartbeat is older than this.
+    heartbeat_stale_s: float = field(default=10.0, metadata=_env("SWITCHBOARD_HEARTBEAT_STALE_S"))
+    health_min_workers: int = field(default=1, metadata=_env("SWITCHBOARD_HEALTH_MIN_WORKERS"))
+    # /health warns when the oldest due lead waited longer than this, and fails past the
+    # second (0: never fails on it); any pause in force downgrades the failure to a warning.
+    health_due_warn_s: float = field(default=300.0, metadata=_env("SWITCHBOARD_HEALTH_DUE_WARN_S"))
+    health_due_fail_s: float = field(default=3600.0, metadata=_env("SWITCHBOARD_HEALTH_DUE_FAIL_S"))
     log_level: str = field(default="INFO", metadata=_env("SWITCHBOARD_LOG_LEVEL"))
     log_json: bool = field(default=True, metadata=_env("SWITCHBOARD_LOG_JSON"))
 

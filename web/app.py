@@ -27,7 +27,7 @@ from litestar.plugins.problem_details import (
 from dispatcher.leads import Conflict, FieldError, InvalidInput
 from dispatcher.runtime import Runtime
 from dispatcher.settings import Settings
-from web import controls, dnc, health, leads, numbers, templates, webhooks
+from web import controls, dnc, health, leads, metrics, numbers, templates, webhooks
 from web.auth import jwt_auth
 from web.schemas import field_error
 
@@ -110,12 +110,14 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
             controls.ControlController,
             webhooks.receive_callback,
             health.health,
+            metrics.MetricsController,
         ],
         state=State({"runtime": runtime}),
         on_startup=[*([open_runtime] if runtime is None else []), health.open_probe],
         on_shutdown=[health.close_probe, *([close_runtime] if runtime is None else [])],
         dependencies={"runtime": Provide(_runtime, sync_to_thread=False)},
         on_app_init=[jwt_auth(settings).on_app_init],
+        middleware=[metrics.prometheus_config().middleware],
         plugins=[
             ProblemDetailsPlugin(
                 ProblemDetailsConfig(

@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException, PermissionDeniedException
 from litestar.params import FromPath, RawBody
 
+from dispatcher import metrics
 from dispatcher.callbacks import apply_event
 from dispatcher.runtime import Runtime
 from dispatcher.telephony.base import BadSignature
@@ -49,7 +50,14 @@ def receive_callback(
         event = adapter.parse_callback(body, request.headers, _signed_url(request, runtime))
     except BadSignature:
         log.warning("webhook_bad_signature", provider=provider)
+        metrics.WEBHOOK_EVENTS.labels(provider=provider, result="bad_signature").inc()
         raise PermissionDeniedException("bad signature") from None
     except ValueError as exc:
+        metrics.WEBHOOK_EVENTS.labels(provider=provider, result="malformed").inc()
         raise ClientException(f"malformed callback: {exc}") from None
-    return {"applied": apply_event(runtime, provider, event)}
+    applied = apply_event(runtime, provider, event)
+    # `provider` is a configured adapter's name here (unknown ones were a 404): bounded.
+    metrics.WEBHOOK_EVENTS.labels(
+        provider=provider, result="applied" if applied else "duplicate"
+    ).inc()
+    return {"applied": applied}

@@ -5,6 +5,7 @@ real HTTP to each other and to a real PostgreSQL and Redis."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -28,11 +29,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The setting that holds each process kind's Prometheus port.
+METRICS_PORT_ENV = {
+    command: next(f for f in dataclasses.fields(Settings) if f.name == name).metadata["env"]
+    for command, name in (
+        ("scheduler", "scheduler_metrics_port"),
+        ("worker", "worker_metrics_port"),
+    )
+}
+
+
 @dataclass
 class System:
     settings: Settings
     log_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # A scheduler or worker's metrics port, by process name: kept across a restart.
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     _logs: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -45,6 +58,9 @@ class System:
 
     def start(self, name: str, command: str, *args: str) -> None:
         env = {**os.environ, **self.settings.to_env()}
+        if command in METRICS_PORT_ENV:
+            port = self.metrics_ports.setdefault(name, free_port())
+            env[METRICS_PORT_ENV[command]] = str(port)
         log = self._logs[name] = (self.log_dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "dispatcher.cli", command, *args],
@@ -85,6 +101,10 @@ class System:
                 tail = (self.log_dir / f"{name}.log").read_text()[-3000:]
                 raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
 
+    def metrics_url(self, name: str) -> str:
+        """Where the scheduler or worker process `name` serves its Prometheus metrics."""
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
+
     def admin(self) -> httpx.Client:
         token = issue_token(self.settings.jwt_secret, "admin")
         return httpx.Client(
@@ -110,6 +130,10 @@ def e2e_settings(database_url: str, redis_url: str, **overrides: Any) -> Setting
         "no_channel_delay_s": 0.2,
         "worker_threads": 8,
         "log_level": "INFO",
+        # Off unless `System.start` gives the process a port of its own.
+        "scheduler_metrics_port": 0,
+        "worker_metrics_port": 0,
+        "metrics_sample_s": 1.0,
     }
     base.update(overrides)
     return Settings.load({}, **base)

@@ -141,8 +141,12 @@ def test_a_role_without_access_is_403(
 
 def test_health_is_public_and_reports_each_check(client: TestClient[Litestar]) -> None:
     r = client.get("/health")
-    assert r.status_code == 200
-    assert r.json() == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
+    # No scheduler or worker runs in this module: a 503 naming them, not a 401.
+    assert r.status_code == 503
+    checks = r.json()["checks"]
+    assert set(checks) == {"postgres", "redis", "scheduler", "workers", "due_backlog"}
+    assert (checks["postgres"], checks["redis"], checks["due_backlog"]) == ("ok", "ok", "ok")
+    assert checks["scheduler"].startswith("fail") and checks["workers"].startswith("fail")
 
 
 def test_health_is_503_naming_the_failing_check(runtime: Runtime) -> None:
