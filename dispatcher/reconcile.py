@@ -41,7 +41,7 @@ class Repairs:
 def run_all(rt: Runtime) -> Repairs:
     repairs = Repairs()
     repairs.leases_expired = _locked(rt, LOCK_LEASES, lambda c: len(lifecycle.expire_leases(c)))
-    repairs.calls_ended = _locked(rt, LOCK_CALLS, lambda c: end_silent_calls(c, rt))
+    repairs.calls_ended = end_silent_calls(rt)
     added, removed = rebuild_channels(rt)
     repairs.slots_added, repairs.slots_removed = added, removed
     metrics.repairs(repairs.leases_expired, repairs.calls_ended, added, removed)
@@ -58,38 +58,51 @@ def _locked(rt: Runtime, key: int, work: Callable[[Connection], int]) -> int:
         return work(conn)
 
 
-def end_silent_calls(conn: Connection, rt: Runtime) -> int:
+def end_silent_calls(rt: Runtime) -> int:
     """End attempts that will get no final callback: unplaced ones whose dispatcher died,
-    and placed ones past the longest call (their final callback was lost)."""
-    rows = conn.execute(
-        """
-        SELECT a.id, a.lead_id, a.provider, a.provider_call_id, a.number_id
-        FROM call_attempts a
-        WHERE a.ended_at IS NULL AND (
-            (a.provider_call_id IS NULL
-                AND a.started_at < now() - make_interval(secs => %s))
-            OR a.started_at < now() - make_interval(secs => %s))
-        ORDER BY a.started_at
-        LIMIT 500
-        """,
-        (UNPLACED_AFTER_S, rt.settings.max_call_s + rt.settings.call_grace_s),
-    ).fetchall()
-    ended: list[CallEnded] = []
-    for row in rows:
-        with conn.transaction():
-            # A live dispatcher holds the lead's lock while it dials: skip those.
-            locked = conn.execute(
-                "SELECT id FROM leads WHERE id = %s FOR UPDATE SKIP LOCKED", (row["lead_id"],)
-            ).fetchone()
-            if locked is None:
-                continue
-            result = _end_silent_call(conn, rt, row)
-            if result is not None:
-                ended.append(result)
-    for result in ended:
-        rt.channels.release(result.number_id, str(result.attempt_id))
-        metrics.call_ended(result)
-    return len(ended)
+    and placed ones past the longest call (their final callback was lost).
+
+    Each call is settled in its own transaction, and its channel released only after that
+    commits; a session-level advisory lock keeps two schedulers from doing it at once
+    without holding one transaction open across the provider lookups."""
+    ended = 0
+    with rt.pool.connection() as conn:
+        got = conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (LOCK_CALLS,)).fetchone()
+        conn.commit()
+        if not got or not got["got"]:
+            return 0
+        try:
+            rows = conn.execute(
+                """
+                SELECT a.id, a.lead_id, a.provider, a.provider_call_id, a.number_id
+                FROM call_attempts a
+                WHERE a.ended_at IS NULL AND (
+                    (a.provider_call_id IS NULL
+                        AND a.started_at < now() - make_interval(secs => %s))
+                    OR a.started_at < now() - make_interval(secs => %s))
+                ORDER BY a.started_at
+                LIMIT 500
+                """,
+                (UNPLACED_AFTER_S, rt.settings.max_call_s + rt.settings.call_grace_s),
+            ).fetchall()
+            conn.commit()
+            for row in rows:
+                with conn.transaction():
+                    # A live dispatcher holds the lead's lock while it dials: skip those.
+                    locked = conn.execute(
+                        "SELECT id FROM leads WHERE id = %s FOR UPDATE SKIP LOCKED",
+                        (row["lead_id"],),
+                    ).fetchone()
+                    result = None if locked is None else _end_silent_call(conn, rt, row)
+                if result is not None:
+                    rt.channels.release(result.number_id, str(result.attempt_id))
+                    metrics.call_ended(result)
+                    ended += 1
+        finally:
+            conn.rollback()
+            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_CALLS,))
+            conn.commit()
+    return ended
 
 
 def _end_silent_call(conn: Connection, rt: Runtime, row: dict) -> CallEnded | None:
