@@ -24,6 +24,7 @@ from dispatcher.runtime import Runtime
 from dispatcher.settings import Settings
 from dispatcher.telephony.signing import SIGNATURE_HEADER, sign
 from dispatcher.telephony.simulator import SimulatorProvider
+from tests.integration.api import auth, fields, problem  # noqa: F401
 from web.app import create_app
 from web.auth import issue_token
 
@@ -53,14 +54,6 @@ def runtime(database_url: str, redis_url: str) -> Iterator[Runtime]:
 def client(runtime: Runtime) -> Iterator[TestClient[Litestar]]:
     with TestClient(create_app(runtime)) as c:
         yield c
-
-
-def problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status and body["type"] == "about:blank" and body["title"]
-    return body
 
 
 def lead_count(rt: Runtime) -> int:

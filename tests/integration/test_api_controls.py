@@ -14,15 +14,7 @@ from litestar.testing import TestClient
 from dispatcher import controls, lifecycle
 from dispatcher.controls import Paused
 from dispatcher.runtime import Runtime
-from dispatcher.settings import Settings
-from web.app import create_app
-from web.auth import issue_token
-
-
-def auth(role: str, reseller: str | None = None, merchant: str | None = None) -> dict[str, str]:
-    token = issue_token(Settings().jwt_secret, role, reseller, merchant)
-    return {"Authorization": f"Bearer {token}"}
-
+from tests.integration.api import auth, fields, problem
 
 ADMIN = auth("admin")
 R1 = auth("reseller", "r1")
@@ -30,21 +22,6 @@ R2 = auth("reseller", "r2")
 M1 = auth("merchant", "r1", "m1")
 ALERTS = auth("alert_system", "r1")
 NOTHING = Paused(False, frozenset(), frozenset())
-
-
-@pytest.fixture(scope="module")
-def runtime(database_url: str, redis_url: str) -> Iterator[Runtime]:
-    rt = Runtime.open(
-        Settings.load({}, database_url=database_url, redis_url=redis_url), providers={}
-    )
-    yield rt
-    rt.close()
-
-
-@pytest.fixture(scope="module")
-def client(runtime: Runtime) -> Iterator[TestClient[Litestar]]:
-    with TestClient(create_app(runtime)) as c:
-        yield c
 
 
 @pytest.fixture()
@@ -83,16 +60,6 @@ def unchanged(rt: Runtime) -> Iterator[None]:
     before = snapshot(rt)
     yield
     assert snapshot(rt) == before, "a rejected request changed the controls"
-
-
-def problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    return response.json()
-
-
-def fields(body: dict[str, Any]) -> list[str]:
-    return [e["field"] for e in body["errors"]]
 
 
 def control(

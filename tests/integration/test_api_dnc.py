@@ -15,15 +15,7 @@ from litestar.testing import TestClient
 from dispatcher import dnc, lifecycle
 from dispatcher.lifecycle import NewAttempt, NewLead
 from dispatcher.runtime import Runtime
-from dispatcher.settings import Settings
-from web.app import create_app
-from web.auth import issue_token
-
-
-def auth(role: str, reseller: str | None = None, merchant: str | None = None) -> dict[str, str]:
-    token = issue_token(Settings().jwt_secret, role, reseller, merchant)
-    return {"Authorization": f"Bearer {token}"}
-
+from tests.integration.api import auth, fields, problem
 
 ADMIN = auth("admin")
 R1 = auth("reseller", "r1")
@@ -32,21 +24,6 @@ M1 = auth("merchant", "r1", "m1")
 ALERTS = auth("alert_system", "r1")
 
 P1, P2, P3 = "+14155550101", "+14155550102", "+14155550103"
-
-
-@pytest.fixture(scope="module")
-def runtime(database_url: str, redis_url: str) -> Iterator[Runtime]:
-    rt = Runtime.open(
-        Settings.load({}, database_url=database_url, redis_url=redis_url), providers={}
-    )
-    yield rt
-    rt.close()
-
-
-@pytest.fixture(scope="module")
-def client(runtime: Runtime) -> Iterator[TestClient[Litestar]]:
-    with TestClient(create_app(runtime)) as c:
-        yield c
 
 
 @pytest.fixture(autouse=True)
@@ -73,16 +50,6 @@ def unchanged(rt: Runtime) -> Iterator[None]:
     before = snapshot(rt)
     yield
     assert snapshot(rt) == before, "a rejected request changed the lists or the leads"
-
-
-def problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    return response.json()
-
-
-def fields(body: dict[str, Any]) -> list[str]:
-    return [e["field"] for e in body["errors"]]
 
 
 def lead(client: TestClient[Litestar], phone: str, reseller: str = "r1") -> int:

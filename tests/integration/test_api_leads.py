@@ -16,17 +16,10 @@ from litestar.testing import TestClient
 from dispatcher import leads, lifecycle
 from dispatcher.lifecycle import NewAttempt
 from dispatcher.runtime import Runtime
-from dispatcher.settings import Settings
-from web.app import create_app
-from web.auth import issue_token
+from tests.integration.api import auth, fields, problem
 
 PHONE = "+14155550123"
 NOW = dt.datetime.now(dt.UTC)
-
-
-def auth(role: str, reseller: str | None = None, merchant: str | None = None) -> dict[str, str]:
-    token = issue_token(Settings().jwt_secret, role, reseller, merchant)
-    return {"Authorization": f"Bearer {token}"}
 
 
 ADMIN = auth("admin")
@@ -35,20 +28,10 @@ R2 = auth("reseller", "r2")
 
 
 @pytest.fixture(scope="module")
-def runtime(database_url: str, redis_url: str) -> Iterator[Runtime]:
-    rt = Runtime.open(
-        Settings.load({}, database_url=database_url, redis_url=redis_url), providers={}
-    )
-    with rt.pool.connection() as conn:  # calling hours have tests of their own
+def runtime(runtime: Runtime) -> Runtime:
+    with runtime.pool.connection() as conn:  # calling hours have tests of their own
         conn.execute("UPDATE templates SET calling_window = NULL WHERE name = 'default'")
-    yield rt
-    rt.close()
-
-
-@pytest.fixture(scope="module")
-def client(runtime: Runtime) -> Iterator[TestClient[Litestar]]:
-    with TestClient(create_app(runtime)) as c:
-        yield c
+    return runtime
 
 
 def counts(rt: Runtime) -> tuple[int, int]:
@@ -66,18 +49,6 @@ def unchanged(rt: Runtime) -> Iterator[None]:
     before = counts(rt)
     yield
     assert counts(rt) == before, "a rejected request changed leads or lead_events"
-
-
-def problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status and body["title"] and "detail" in body
-    return body
-
-
-def fields(body: dict[str, Any]) -> list[str]:
-    return [e["field"] for e in body["errors"]]
 
 
 def phone(n: int) -> str:
