@@ -9,8 +9,6 @@ SKIPPED is final.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -135,18 +133,6 @@ def remove(conn: Connection, phone: str, reseller_id: str | None) -> bool:
 # --- reading ----------------------------------------------------------------------------
 
 
-def _decode_cursor(cursor: str) -> int:
-    """The last id of the previous page (the format of `leads.encode_cursor`)."""
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        version, _, last_id = text.partition(":")
-        if version != "v1":
-            raise ValueError(version)
-        return int(last_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidInput([FieldError("cursor", "is not a cursor this API returned")]) from None
-
-
 def list_entries(
     conn: Connection,
     scope_reseller: str | None,
@@ -173,7 +159,7 @@ def list_entries(
             errors.append(FieldError("phone", str(exc)))
     if cursor is not None and cursor.strip():
         try:
-            params["before"] = _decode_cursor(cursor)
+            params["before"] = leads.decode_cursor(cursor)
             clauses.append("id < %(before)s")
         except InvalidInput as exc:
             errors.extend(exc.errors)

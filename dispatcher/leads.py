@@ -529,7 +529,8 @@ def encode_cursor(last_id: int) -> str:
     return base64.urlsafe_b64encode(f"v1:{last_id}".encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> int:
+def decode_cursor(cursor: str) -> int:
+    """The last id of the previous page; a cursor this API did not return is a 422."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         version, _, last_id = text.partition(":")
@@ -572,7 +573,7 @@ def list_leads(
         params["template"] = template
     if not _blank(cursor):
         try:
-            params["before"] = _decode_cursor(cursor or "")
+            params["before"] = decode_cursor(cursor or "")
             clauses.append("l.id < %(before)s")
         except InvalidInput as exc:
             errors.extend(exc.errors)

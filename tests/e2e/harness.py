@@ -250,3 +250,14 @@ def lead_results(database_url: str) -> dict[str, tuple[str, int, str | None]]:
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("SELECT phone, status, attempt_count, outcome FROM leads").fetchall()
     return {phone: (status, attempts, outcome) for phone, status, attempts, outcome in rows}
+
+
+def assert_ended_as_scripted(database_url: str, expected: list[Expected]) -> None:
+    """Every lead's (status, attempts, outcome) is what its script implies."""
+    results = lead_results(database_url)
+    wrong = {
+        e.phone: results[e.phone]
+        for e in expected
+        if results[e.phone] != (e.status, e.attempts, e.outcome)
+    }
+    assert wrong == {}

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import redis
 
-from tests.e2e.harness import System, final_count, lead_results, set_up_world, wait_until
+from tests.e2e.harness import (
+    System,
+    assert_ended_as_scripted,
+    final_count,
+    set_up_world,
+    wait_until,
+)
 
 N_LEADS = 2000
 
@@ -27,13 +33,7 @@ def test_kills_and_a_flush_change_no_outcome(system: System, database_url: str) 
     client.close()
 
     wait_until(lambda: final_count(database_url) == N_LEADS, 300, what="all leads final")
-    results = lead_results(database_url)
-    wrong = {
-        e.phone: results[e.phone]
-        for e in expected
-        if results[e.phone] != (e.status, e.attempts, e.outcome)
-    }
-    assert wrong == {}
+    assert_ended_as_scripted(database_url, expected)
     with system.sim() as sim:
         stats = sim.get("/sim/stats").json()
     assert stats["channel_violations"] == 0

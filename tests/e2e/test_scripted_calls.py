@@ -4,7 +4,13 @@ repeated."""
 
 from __future__ import annotations
 
-from tests.e2e.harness import System, final_count, lead_results, set_up_world, wait_until
+from tests.e2e.harness import (
+    System,
+    assert_ended_as_scripted,
+    final_count,
+    set_up_world,
+    wait_until,
+)
 
 N_LEADS = 2000
 
@@ -12,13 +18,7 @@ N_LEADS = 2000
 def test_every_lead_ends_as_scripted(system: System, database_url: str) -> None:
     expected = set_up_world(system, N_LEADS)
     wait_until(lambda: final_count(database_url) == N_LEADS, timeout_s=240, what="all leads final")
-    results = lead_results(database_url)
-    wrong = {
-        e.phone: results[e.phone]
-        for e in expected
-        if results[e.phone] != (e.status, e.attempts, e.outcome)
-    }
-    assert wrong == {}
+    assert_ended_as_scripted(database_url, expected)
     with system.sim() as sim:
         stats = sim.get("/sim/stats").json()
     assert stats["channel_violations"] == 0
