@@ -24,6 +24,7 @@ from sqlalchemy import (
     Numeric,
     SmallInteger,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -111,6 +112,10 @@ class Lead(Base):
     fence: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     current_attempt_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # The alert this lead calls for (voice alerts); NULL for ordinary leads.
+    alert_ref: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("alerts.id", name="leads_alert_ref_fk")
+    )
     created_at: Mapped[dt.datetime] = _now()
     updated_at: Mapped[dt.datetime] = _now()
     __table_args__ = (
@@ -155,6 +160,7 @@ class Lead(Base):
         ),
         Index("leads_reseller_id_idx", "reseller_id", text("id DESC")),
         Index("leads_phone_idx", "phone"),
+        Index("leads_alert_idx", "alert_ref", postgresql_where=text("alert_ref IS NOT NULL")),
     )
 
 
@@ -269,3 +275,96 @@ class WebhookEvent(Base):
     provider: Mapped[str] = mapped_column(Text, primary_key=True)
     event_id: Mapped[str] = mapped_column(Text, primary_key=True)
     received_at: Mapped[dt.datetime] = _now()
+
+
+class AlertGroup(Base):
+    __tablename__ = "alert_groups"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    reseller_id: Mapped[str] = mapped_column(Text, nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    # [{"phone": E.164, "name": str}] in call order.
+    members: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    )
+    created_at: Mapped[dt.datetime] = _now()
+    updated_at: Mapped[dt.datetime] = _now()
+    __table_args__ = (UniqueConstraint("reseller_id", "name", name="alert_groups_name_uq"),)
+
+
+class AlertGroupChange(Base):
+    """Audit of alert group changes: who changed which group, how, to what."""
+
+    __tablename__ = "alert_group_changes"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    group_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    reseller_id: Mapped[str] = mapped_column(Text, nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    action: Mapped[str] = mapped_column(Text, nullable=False)
+    members: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    actor: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[dt.datetime] = _now()
+    __table_args__ = (
+        CheckConstraint(
+            "action IN ('created', 'updated', 'deleted')", name="alert_group_changes_action_ck"
+        ),
+        Index("alert_group_changes_group_idx", "group_id", "id"),
+    )
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    reseller_id: Mapped[str] = mapped_column(Text, nullable=False)
+    alert_id: Mapped[str] = mapped_column(Text, nullable=False)
+    group_name: Mapped[str] = mapped_column(Text, nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    mode: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False)
+    rounds: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+    round_no: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+    member_index: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    members: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False)
+    template: Mapped[str] = mapped_column(Text, nullable=False)
+    merchant_id: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    acknowledged_by: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[dt.datetime] = _now()
+    updated_at: Mapped[dt.datetime] = _now()
+    closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (
+        CheckConstraint("mode IN ('parallel', 'sequential')", name="alerts_mode_ck"),
+        CheckConstraint(
+            "status IN ('calling', 'acknowledged', 'exhausted', 'resolved')",
+            name="alerts_status_ck",
+        ),
+        Index(
+            "alerts_open_uq",
+            "reseller_id",
+            "alert_id",
+            unique=True,
+            postgresql_where=text("status <> 'resolved'"),
+        ),
+        Index("alerts_reseller_idx", "reseller_id", text("id DESC")),
+    )
+
+
+class AlertEvent(Base):
+    """An alert's timeline: fired, member called, call ended, acknowledged, closed."""
+
+    __tablename__ = "alert_events"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    alert_ref: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("alerts.id", ondelete="CASCADE"), nullable=False
+    )
+    at: Mapped[dt.datetime] = _now()
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    member_index: Mapped[int | None] = mapped_column(Integer)
+    member_name: Mapped[str | None] = mapped_column(Text)
+    phone: Mapped[str | None] = mapped_column(Text)
+    lead_id: Mapped[int | None] = mapped_column(BigInteger)
+    attempt_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    outcome: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    __table_args__ = (Index("alert_events_alert_idx", "alert_ref", "id"),)

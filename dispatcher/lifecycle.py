@@ -49,6 +49,7 @@ class NewLead:
     request_hash: str | None = None
     # Set when the lead must not be dialed at all (do-not-call, invalid): it ends SKIPPED.
     skip_reason: str | None = None
+    alert_ref: int | None = None  # the alert this lead calls for
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ _NEW_LEAD_COLUMNS = (
     ("request_hash", "text"),
     ("status", "text"),
     ("next_attempt_at", "timestamptz"),
+    ("alert_ref", "bigint"),
     ("reason", "text"),
 )
 

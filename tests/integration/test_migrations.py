@@ -10,6 +10,10 @@ from db.migrate import downgrade, upgrade
 from dispatcher.embedded import with_database
 
 TABLES = {
+    "alert_events",
+    "alert_group_changes",
+    "alert_groups",
+    "alerts",
     "call_attempts",
     "controls",
     "dnc",
