@@ -103,7 +103,9 @@ def _check(conn: Connection, lead: Row, paused: Paused) -> str | None:
     if lead["expires_at"] is not None and lead["expires_at"] <= now:
         lifecycle.finish_unattempted(conn, lead_id, fence, "EXPIRED", "expired")
         return "expired"
-    if dnc.is_listed(conn, lead["phone"], lead["reseller_id"]):
+    # On-call members of an alert group opted in by joining it: alerts skip the lists.
+    alert = lead["execution_mode"] == "telephony_alert"
+    if not alert and dnc.is_listed(conn, lead["phone"], lead["reseller_id"]):
         lifecycle.finish_unattempted(conn, lead_id, fence, "SKIPPED", "do_not_call")
         return "do_not_call"
     if paused.global_ or lead["reseller_id"] in paused.resellers:
@@ -112,7 +114,6 @@ def _check(conn: Connection, lead: Row, paused: Paused) -> str | None:
         return "deferred:paused"
     window = policy.window_for(lead["execution_mode"], lead["calling_window"])
     # Voice alerts call at any hour and however often; everything else respects both.
-    alert = lead["execution_mode"] == "telephony_alert"
     cap_frees = (
         None
         if alert

@@ -378,7 +378,7 @@ def end_call(
     lead = conn.execute(
         """
         SELECT l.id, l.status, l.current_attempt_id, l.attempt_count, l.max_attempts,
-               l.phone, l.timezone, l.execution_mode, l.expires_at,
+               l.phone, l.timezone, l.execution_mode, l.expires_at, l.alert_ref,
                t.retry, t.calling_window, now() AS db_now
         FROM leads l JOIN templates t ON t.name = l.template
         WHERE l.id = %s
@@ -392,7 +392,7 @@ def end_call(
             duration_s = coalesce(%s, duration_s), answered_by = coalesce(%s, answered_by),
             digits = coalesce(%s, digits), call_state = 'ended', ended_at = now()
         WHERE id = %s AND ended_at IS NULL
-        RETURNING lead_id, number_id, started_at
+        RETURNING lead_id, number_id, started_at, digits
         """,
         (outcome, error, duration_s, answered_by, digits, attempt_id),
     ).fetchone()
@@ -418,6 +418,18 @@ def end_call(
         attempt_sql="%(attempt_id)s::uuid",
     )
     row = rows[0]
+    if lead["alert_ref"] is not None:
+        from dispatcher import escalation  # alerts build on the lifecycle, not the reverse
+
+        escalation.after_call(
+            conn,
+            lead["alert_ref"],
+            row["id"],
+            attempt_id,
+            outcome,
+            attempt["digits"],
+            row["status"],
+        )
     return CallEnded(
         attempt_id,
         row["id"],
