@@ -104,6 +104,8 @@ def after_call(
         detail={"digits": digits} if digits else None,
     )
     if alert["status"] != "calling":
+        if lead_status == "BACKLOG":  # a retry of a call that ended after the alert closed
+            cancel_pending(conn, alert_ref, f"alert_{alert['status']}")
         return
     if digits:
         _acknowledge(conn, alert, lead_id, member, digits)
