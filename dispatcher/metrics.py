@@ -76,6 +76,13 @@ RECONCILER_REPAIRS = Counter(
     ["kind"],
 )
 
+ALERT_CALLS_CAPPED = Counter(
+    "switchboard_alert_calls_capped",
+    "Alert members not called because a flood cap was reached, by reason: reseller_window"
+    " (alert_calls_per_window) or alert_window (alert_calls_per_alert).",
+    ["reason"],
+)
+
 
 @dataclass(frozen=True)
 class SchedulerGauges:

@@ -18,7 +18,7 @@ import structlog
 from psycopg import Connection
 
 from db.pool import connect
-from dispatcher import controls, fairness, heartbeat, lifecycle, metrics, reconcile
+from dispatcher import controls, fairness, heartbeat, lifecycle, metrics, monitor, reconcile
 from dispatcher.controls import Paused
 from dispatcher.lifecycle import Claimed
 from dispatcher.runtime import Runtime
@@ -135,6 +135,8 @@ def run(rt: Runtime, send: Send, stop: threading.Event) -> None:
     listener.execute(f"LISTEN {lifecycle.NOTIFY_CHANNEL}")
     beats = heartbeat.Heartbeats.open(settings)
     next_reconcile = next_sample = 0.0
+    # The first health check waits one interval: workers started with us need to beat.
+    next_monitor = time.monotonic() + settings.monitor_interval_s
     log.info("scheduler_started")
     try:
         while not stop.is_set():
@@ -146,6 +148,9 @@ def run(rt: Runtime, send: Send, stop: threading.Event) -> None:
             if time.monotonic() >= next_reconcile:
                 _guarded(reconcile.run_all, rt)
                 next_reconcile = time.monotonic() + settings.reconcile_interval_s
+            if settings.monitor_interval_s and time.monotonic() >= next_monitor:
+                _guarded(monitor.check_health, rt)
+                next_monitor = time.monotonic() + settings.monitor_interval_s
             result = _guarded(tick, rt, send)
             sleep_s = settings.scheduler_safety_s if result is None else result.sleep_s
             sleep_s = min(sleep_s, max(next_reconcile - time.monotonic(), 0.0))

@@ -80,6 +80,42 @@ class Settings:
     # second (0: never fails on it); any pause in force downgrades the failure to a warning.
     health_due_warn_s: float = field(default=300.0, metadata=_env("SWITCHBOARD_HEALTH_DUE_WARN_S"))
     health_due_fail_s: float = field(default=3600.0, metadata=_env("SWITCHBOARD_HEALTH_DUE_FAIL_S"))
+    # --- voice alerts ---------------------------------------------------------------------
+    # Flood protection: at most this many alert calls per reseller, and per alert id, in
+    # any `alert_window_s`; members over the cap are reported in the fire's `failed`.
+    alert_calls_per_window: int = field(
+        default=100, metadata=_env("SWITCHBOARD_ALERT_CALLS_PER_WINDOW")
+    )
+    alert_calls_per_alert: int = field(
+        default=20, metadata=_env("SWITCHBOARD_ALERT_CALLS_PER_ALERT")
+    )
+    alert_window_s: float = field(default=60.0, metadata=_env("SWITCHBOARD_ALERT_WINDOW_S"))
+    # --- health monitor (dispatcher/monitor.py) -------------------------------------------
+    # How often the scheduler checks its own health (0: never); a condition alerts once
+    # when it starts and reports when it recovers.
+    monitor_interval_s: float = field(default=10.0, metadata=_env("SWITCHBOARD_MONITOR_INTERVAL_S"))
+    # Conditions: more due leads than this; the oldest due lead waiting longer than this;
+    # a call still open this long past max_call_s + call_grace_s (the reconciler ends lost
+    # calls at that age, so only those it could not end count as stuck).
+    monitor_due_backlog: int = field(default=200, metadata=_env("SWITCHBOARD_MONITOR_DUE_BACKLOG"))
+    monitor_oldest_due_s: float = field(
+        default=300.0, metadata=_env("SWITCHBOARD_MONITOR_OLDEST_DUE_S")
+    )
+    monitor_stuck_margin_s: float = field(
+        default=60.0, metadata=_env("SWITCHBOARD_MONITOR_STUCK_MARGIN_S")
+    )
+    # The alert group a starting condition calls (both unset: no voice alert).
+    monitor_reseller: str | None = field(
+        default=None, metadata=_env("SWITCHBOARD_MONITOR_RESELLER")
+    )
+    monitor_group: str | None = field(default=None, metadata=_env("SWITCHBOARD_MONITOR_GROUP"))
+    # Slack-compatible JSON POSTed on every start and recovery (unset: off).
+    monitor_webhook_url: str | None = field(
+        default=None, metadata=_env("SWITCHBOARD_MONITOR_WEBHOOK_URL")
+    )
+    monitor_webhook_timeout_s: float = field(
+        default=3.0, metadata=_env("SWITCHBOARD_MONITOR_WEBHOOK_TIMEOUT_S")
+    )
     log_level: str = field(default="INFO", metadata=_env("SWITCHBOARD_LOG_LEVEL"))
     log_json: bool = field(default=True, metadata=_env("SWITCHBOARD_LOG_JSON"))
 

@@ -27,7 +27,18 @@ from litestar.plugins.problem_details import (
 from dispatcher.leads import Conflict, FieldError, InvalidInput
 from dispatcher.runtime import Runtime
 from dispatcher.settings import Settings
-from web import controls, dnc, health, leads, metrics, numbers, templates, webhooks
+from web import (
+    alert_groups,
+    alerts,
+    controls,
+    dnc,
+    health,
+    leads,
+    metrics,
+    numbers,
+    templates,
+    webhooks,
+)
 from web.auth import jwt_auth
 from web.schemas import field_error
 
@@ -108,6 +119,8 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
             templates.TemplateController,
             dnc.DncController,
             controls.ControlController,
+            alert_groups.AlertGroupController,
+            alerts.AlertController,
             webhooks.receive_callback,
             health.health,
             metrics.MetricsController,
