@@ -275,3 +275,36 @@ def test_a_failing_webhook_does_not_stop_the_alert(rt: Runtime) -> None:
     finish_leads(rt)
     # The scheduler's entry point, with no group configured: the webhook alone, failing.
     assert [t.state for t in monitor.check_health(broken)] == [RECOVERED]
+
+
+def test_a_crossing_calls_the_configured_group_through_the_alert_service(rt: Runtime) -> None:
+    """The same code path as POST /v1/alerts/fire: an alert row, a timeline, a lead per
+    member of the configured group; a second pass while it holds calls nobody new."""
+    with rt.pool.connection() as conn:
+        conn.execute("DELETE FROM alerts WHERE alert_id LIKE 'switchboard-health:%'")
+        conn.execute(
+            "INSERT INTO alert_groups (reseller_id, name, members) VALUES"
+            ' (\'ops\', \'sre\', \'[{"phone": "+14155557777", "name": "Sam"}]\')'
+            " ON CONFLICT (reseller_id, name) DO NOTHING"
+        )
+    configured = with_settings(rt, monitor_reseller="ops", monitor_group="sre")
+    due_leads(rt, BACKLOG_LIMIT + 1)
+    first = monitor.check_health(configured)
+    second = monitor.check_health(configured)
+    assert [t.condition for t in first] == ["due_backlog"] and second == []
+    with rt.pool.connection() as conn:
+        alerts = conn.execute(
+            "SELECT a.status, a.mode, count(l.id) AS leads FROM alerts a"
+            " JOIN leads l ON l.alert_ref = a.id"
+            " WHERE a.reseller_id = 'ops' AND a.alert_id = 'switchboard-health:due_backlog'"
+            " GROUP BY a.id"
+        ).fetchall()
+        member_lead = conn.execute(
+            "SELECT phone, priority, execution_mode FROM leads WHERE alert_ref IS NOT NULL"
+        ).fetchone()
+    assert [(a["status"], a["leads"]) for a in alerts] == [("calling", 1)]
+    assert member_lead == {
+        "phone": "+14155557777",
+        "priority": 10,
+        "execution_mode": "telephony_alert",
+    }
