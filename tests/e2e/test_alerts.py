@@ -74,6 +74,11 @@ def test_sequential_stops_at_the_member_who_presses_a_key(system: System) -> Non
     with system.sim() as sim:
         calls = sim.get("/sim/calls").json()
     assert sorted(c["to"] for c in calls) == ["+14155557001", "+14155557002", "+14155557003"]
+    # The whole alert's logs, every process's: no member's number appears in full.
+    logs = "".join(p.read_text() for p in system.log_dir.glob("*.log"))
+    assert "alert_fire" in logs and "dispatched" in logs  # the logs did record the alert
+    for member in MEMBERS:
+        assert member["phone"][1:] not in logs
 
 
 def test_parallel_ack_cancels_the_others_pending_retries(system: System, database_url: str) -> None:
