@@ -421,7 +421,7 @@ def list_alerts(
     """One page of alerts, newest first (keyset on id, like leads). InvalidInput for a
     bad status, limit or cursor."""
     clauses: list[str] = []
-    params: dict[str, Any] = {"limit": limit + 1}
+    params: dict[str, Any] = {}
     errors: list[FieldError] = []
     if not leads.MIN_PAGE <= limit <= leads.MAX_PAGE:
         errors.append(FieldError("limit", f"must be between {leads.MIN_PAGE} and {leads.MAX_PAGE}"))
@@ -433,22 +433,10 @@ def list_alerts(
             errors.append(FieldError("status", f"must be one of {', '.join(ALERT_STATUSES)}"))
         clauses.append("status = %(status)s")
         params["status"] = status
-    if cursor is not None and cursor.strip():
-        try:
-            params["before"] = leads.decode_cursor(cursor)
-            clauses.append("id < %(before)s")
-        except InvalidInput as exc:
-            errors.extend(exc.errors)
+    leads.add_cursor(cursor, clauses, params, errors)
     if errors:
         raise InvalidInput(errors)
-    rows = conn.execute(
-        f"SELECT * FROM alerts WHERE {' AND '.join(clauses) or 'true'}"
-        " ORDER BY id DESC LIMIT %(limit)s",
-        params,
-    ).fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(rows, leads.encode_cursor(rows[-1]["id"]) if more else None)
+    return leads.fetch_page(conn, "alerts", clauses, params, limit)
 
 
 def resolve(

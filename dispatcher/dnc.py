@@ -144,7 +144,7 @@ def list_entries(
     list (an admin); a reseller sees its own list and the global one, since both stop its
     calls. Raises InvalidInput for a bad phone, limit or cursor."""
     clauses: list[str] = []
-    params: dict[str, Any] = {"limit": limit + 1}
+    params: dict[str, Any] = {}
     errors: list[FieldError] = []
     if not leads.MIN_PAGE <= limit <= leads.MAX_PAGE:
         errors.append(FieldError("limit", f"must be between {leads.MIN_PAGE} and {leads.MAX_PAGE}"))
@@ -157,22 +157,10 @@ def list_entries(
             clauses.append("phone = %(phone)s")
         except ValueError as exc:
             errors.append(FieldError("phone", str(exc)))
-    if cursor is not None and cursor.strip():
-        try:
-            params["before"] = leads.decode_cursor(cursor)
-            clauses.append("id < %(before)s")
-        except InvalidInput as exc:
-            errors.extend(exc.errors)
+    leads.add_cursor(cursor, clauses, params, errors)
     if errors:
         raise InvalidInput(errors)
-    rows = conn.execute(
-        f"SELECT * FROM dnc WHERE {' AND '.join(clauses) or 'true'}"
-        " ORDER BY id DESC LIMIT %(limit)s",
-        params,
-    ).fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(rows, leads.encode_cursor(rows[-1]["id"]) if more else None)
+    return leads.fetch_page(conn, "dnc", clauses, params, limit)
 
 
 def entry_json(row: Mapping[str, Any]) -> dict[str, Any]:

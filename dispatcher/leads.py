@@ -541,6 +541,35 @@ def decode_cursor(cursor: str) -> int:
         raise InvalidInput([FieldError("cursor", "is not a cursor this API returned")]) from None
 
 
+def add_cursor(
+    cursor: str | None,
+    clauses: list[str],
+    params: dict[str, Any],
+    errors: list[FieldError],
+    column: str = "id",
+) -> None:
+    """Keyset pagination, newest first: only rows older than the cursor's last id."""
+    if _blank(cursor):
+        return
+    try:
+        params["before"] = decode_cursor(cursor or "")
+        clauses.append(f"{column} < %(before)s")
+    except InvalidInput as exc:
+        errors.extend(exc.errors)
+
+
+def fetch_page(
+    conn: Connection, table: str, clauses: list[str], params: dict[str, Any], limit: int
+) -> Page:
+    """One page of `table`, newest first, and the cursor of the next one if there is one."""
+    rows = conn.execute(
+        f"SELECT * FROM {table} WHERE {' AND '.join(clauses) or 'true'}"
+        " ORDER BY id DESC LIMIT %(limit)s",
+        {**params, "limit": limit + 1},
+    ).fetchall()
+    return Page(rows[:limit], encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None)
+
+
 def list_leads(
     conn: Connection,
     scope: Scope,
@@ -571,12 +600,7 @@ def list_leads(
     if not _blank(template):
         clauses.append("l.template = %(template)s")
         params["template"] = template
-    if not _blank(cursor):
-        try:
-            params["before"] = decode_cursor(cursor or "")
-            clauses.append("l.id < %(before)s")
-        except InvalidInput as exc:
-            errors.extend(exc.errors)
+    add_cursor(cursor, clauses, params, errors, column="l.id")
     if errors:
         raise InvalidInput(errors)
     rows = _select(conn, clauses, params, limit=limit + 1)
