@@ -42,7 +42,8 @@ def eligible_numbers(conn: Connection, rt: Runtime, reseller_id: str) -> list[Nu
     so that concurrent dispatches spread over the numbers."""
     rows = conn.execute(
         """
-        SELECT id, e164, provider, max_channels, cps, reseller_id IS NULL AS shared
+        SELECT id, e164, provider, max_channels, cps::float8 AS cps,
+               reseller_id IS NULL AS shared
         FROM outbound_numbers
         WHERE enabled AND (reseller_id = %s OR reseller_id IS NULL)
         """,
@@ -51,9 +52,7 @@ def eligible_numbers(conn: Connection, rt: Runtime, reseller_id: str) -> list[Nu
     rows = [r for r in rows if r["provider"] in rt.providers]
     random.shuffle(rows)
     rows.sort(key=lambda r: r["shared"])
-    return [
-        Number(r["id"], r["e164"], r["provider"], r["max_channels"], _float(r["cps"])) for r in rows
-    ]
+    return [Number(r["id"], r["e164"], r["provider"], r["max_channels"], r["cps"]) for r in rows]
 
 
 def dispatch_lead(rt: Runtime, lead_id: int, fence: int) -> str:
@@ -215,7 +214,3 @@ def _place(
             return "provider_error", ended
         lifecycle.mark_in_call(conn, lead["id"], attempt_id, call_id)
         return "placed", None
-
-
-def _float(value: object) -> float | None:
-    return None if value is None else float(value)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ schedulers never run the same one at once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 from psycopg import Connection
@@ -35,7 +35,6 @@ class Repairs:
     calls_ended: int = 0
     slots_added: int = 0
     slots_removed: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
 
 
 def run_all(rt: Runtime) -> Repairs:
@@ -46,7 +45,7 @@ def run_all(rt: Runtime) -> Repairs:
     repairs.slots_added, repairs.slots_removed = added, removed
     metrics.repairs(repairs.leases_expired, repairs.calls_ended, added, removed)
     if repairs.leases_expired or repairs.calls_ended or added or removed:
-        log.info("reconciled", **{k: v for k, v in vars(repairs).items() if v and k != "by_kind"})
+        log.info("reconciled", **{k: v for k, v in vars(repairs).items() if v})
     return repairs
 
 

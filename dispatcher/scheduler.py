@@ -48,7 +48,7 @@ def capacity(rt: Runtime, conn: Connection, paused_numbers: Collection[int] = ()
     budget, summed, minus leads already claimed and about to take one."""
     rows = conn.execute(
         """
-        SELECT n.id, n.max_channels, n.cps,
+        SELECT n.id, n.max_channels, n.cps::float8 AS cps,
                (SELECT count(*) FROM call_attempts a
                 WHERE a.number_id = n.id AND a.ended_at IS NULL) AS open
         FROM outbound_numbers n
@@ -60,7 +60,7 @@ def capacity(rt: Runtime, conn: Connection, paused_numbers: Collection[int] = ()
     total, wake = 0, None
     for r in rows:
         free = max(r["max_channels"] - r["open"], 0)
-        budget, wait_s = rt.channels.cps_budget(r["id"], _float(r["cps"]))
+        budget, wait_s = rt.channels.cps_budget(r["id"], r["cps"])
         if budget is None:
             total += free
             continue
@@ -68,10 +68,6 @@ def capacity(rt: Runtime, conn: Connection, paused_numbers: Collection[int] = ()
         if free:  # wake for its next calls-per-second slot
             wake = wait_s if wake is None else min(wake, wait_s)
     return Capacity(max(total - (queued["n"] if queued else 0), 0), wake)
-
-
-def _float(value: object) -> float | None:
-    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 def seconds_until_next_due(conn: Connection) -> float | None:
