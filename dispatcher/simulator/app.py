@@ -37,6 +37,9 @@ Sim = NamedDependency[Simulator]  # injected by name; see `create_app`
 RETRY_STATUSES = frozenset({429}) | frozenset(range(500, 600))
 
 
+CALLBACK_CONNECTIONS = 32  # callbacks in flight at once; the others queue (see `running`)
+
+
 class CallbackSender:
     """Posts signed status callbacks, retrying briefly on transport errors, 429 and 5xx.
 
@@ -59,11 +62,23 @@ class CallbackSender:
         self._backoff_s = backoff_s
         self._timeout_s = timeout_s
         self._client: httpx.AsyncClient | None = None
+        self._slots = asyncio.Semaphore(CALLBACK_CONNECTIONS)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Own an AsyncClient for the app's lifetime (one pool for all callbacks)."""
-        async with httpx.AsyncClient(timeout=self._timeout_s, transport=self._transport) as c:
+        """Own an AsyncClient for the app's lifetime (one pool for all callbacks).
+
+        At most CALLBACK_CONNECTIONS callbacks are in flight; the rest wait on a semaphore.
+        httpcore's pool rescans every connection against every queued request each time a
+        request starts or ends (quadratic): with hundreds of calls in flight that scan took
+        most of the simulator's CPU and delayed callbacks by seconds (and past the pool
+        timeout), so callbacks queue here, in O(1), and the pool never holds a waiter."""
+        limits = httpx.Limits(
+            max_connections=CALLBACK_CONNECTIONS, max_keepalive_connections=CALLBACK_CONNECTIONS
+        )
+        async with httpx.AsyncClient(
+            timeout=self._timeout_s, limits=limits, transport=self._transport
+        ) as c:
             self._client = c
             try:
                 yield
@@ -79,7 +94,8 @@ class CallbackSender:
         reason = ""
         for attempt in range(1, self._attempts + 1):
             try:
-                response = await self._client.post(url, content=body, headers=headers)
+                async with self._slots:
+                    response = await self._client.post(url, content=body, headers=headers)
             except httpx.TransportError as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             else:

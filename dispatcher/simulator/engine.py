@@ -97,13 +97,23 @@ class SimConfig:
     talk_ms: tuple[float, float] = (100.0, 500.0)
     seed: int | None = 0  # None: a fresh random seed per call, not reproducible
     callbacks: CallbackFaults = field(default_factory=CallbackFaults)
+    # Progress callbacks (initiated, ringing, in-progress) besides the final one: Twilio
+    # sends only the events a call's StatusCallbackEvent subscribes to.
+    progress: bool = True
 
     def updated(self, changes: Any) -> SimConfig:
         """A copy with `changes` applied. Keys may be omitted; `distribution` replaces the
         whole distribution, `callbacks` updates only the probabilities it names."""
         if not isinstance(changes, Mapping):
             raise InvalidInput("body", "expected a JSON object")
-        unknown = set(changes) - {"distribution", "ring_ms", "talk_ms", "seed", "callbacks"}
+        unknown = set(changes) - {
+            "distribution",
+            "ring_ms",
+            "talk_ms",
+            "seed",
+            "callbacks",
+            "progress",
+        }
         if unknown:
             raise InvalidInput(sorted(unknown)[0], "unknown field")
         new = self
@@ -119,6 +129,10 @@ class SimConfig:
             new = replace(new, seed=seed)
         if "callbacks" in changes:
             new = replace(new, callbacks=_faults(new.callbacks, changes["callbacks"]))
+        if "progress" in changes:
+            if not isinstance(changes["progress"], bool):
+                raise InvalidInput("progress", "expected true or false")
+            new = replace(new, progress=changes["progress"])
         return new
 
     def to_json(self) -> dict[str, Any]:
@@ -132,6 +146,7 @@ class SimConfig:
                 "reorder": self.callbacks.reorder,
                 "drop": self.callbacks.drop,
             },
+            "progress": self.progress,
         }
 
 
@@ -575,16 +590,17 @@ class Simulator:
 
     async def _play(self, call: SimCall) -> None:
         late: dict[str, Any] | None = None  # a progress event held back to arrive last
+        progress = self.config.progress  # False: only the final callback is posted
         try:
-            await self._emit(call, "initiated")
+            await self._emit(call, "initiated", post=progress)
             if call.reorder:
                 call.status = "ringing"
                 late = self._event(call, "ringing")
             else:
-                await self._emit(call, "ringing")
+                await self._emit(call, "ringing", post=progress)
             await asyncio.sleep(call.ring_ms / 1000)
             if call.answered:
-                await self._emit(call, "in-progress")
+                await self._emit(call, "in-progress", post=progress)
                 await asyncio.sleep(call.talk_ms / 1000)
         except asyncio.CancelledError:
             raise
@@ -631,9 +647,10 @@ class Simulator:
         b.in_flight_by_lead[call.request.lead_id] -= 1
         b.by_outcome[call.outcome] += 1
 
-    async def _emit(self, call: SimCall, status: str) -> None:
+    async def _emit(self, call: SimCall, status: str, post: bool = True) -> None:
         call.status = status
-        self._post(call, self._event(call, status))
+        if post:
+            self._post(call, self._event(call, status))
 
     def _event(self, call: SimCall, status: str) -> dict[str, Any]:
         final = call.ended_at is not None and status == call.final_status

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,3 +261,42 @@ def assert_ended_as_scripted(database_url: str, expected: list[Expected]) -> Non
         if results[e.phone] != (e.status, e.attempts, e.outcome)
     }
     assert wrong == {}
+
+
+@contextlib.contextmanager
+def private_redis(directory: Path) -> Iterator[str]:
+    """A Redis server of the test's own (`redis-server` on a free port, no persistence),
+    for faults such as FLUSHALL that must not touch the shared test server's databases."""
+    import shutil
+
+    import redis as redis_lib
+
+    binary = shutil.which("redis-server") or shutil.which("valkey-server")
+    assert binary, "redis-server (or valkey-server) must be installed"
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    log = (directory / "redis.log").open("ab")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=directory,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis_lib.Redis.from_url(url)
+    try:
+        wait_until(lambda: _pings(client), timeout_s=10, interval_s=0.05, what="redis-server")
+        yield url
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def _pings(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False

@@ -343,6 +343,17 @@ def test_drop_never_sends_the_final_callback_but_the_call_still_ends() -> None:
     assert call.lookup_json()["status"] == "busy"
 
 
+def test_without_progress_only_the_final_callback_is_sent() -> None:
+    sim, rec = make_sim(FAST.updated({"progress": False}))
+    sim.set_script({TO: ["answered"], "+14155550199": ["busy"]})
+    play(sim, req(), req(lead_id=2, to="+14155550199"))
+    assert sorted(rec.statuses()) == ["busy", "completed"]
+    assert FAST.updated({"progress": False}).to_json()["progress"] is False
+    with pytest.raises(InvalidInput) as caught:
+        FAST.updated({"progress": "no"})
+    assert caught.value.field == "progress"
+
+
 def test_reorder_delivers_ringing_after_the_final_status() -> None:
     sim, rec = make_sim(FAST.updated({"callbacks": {"reorder": 1.0}}))
     sim.set_script({TO: ["no_answer"]})
