@@ -233,6 +233,28 @@ class LeadEvent(Base):
     __table_args__ = (Index("lead_events_lead_idx", "lead_id", "id"),)
 
 
+# Storage parameters of the tables every call writes (migration 0005_hot_rows; leads'
+# fillfactor since 0001). No update of a lead's status is HOT (status is in the claim
+# indexes' predicates), nor an attempt's placing or ending: vacuum them after a fixed
+# number of dead tuples, not a share of all rows, and with ten times the cost budget.
+_HOT_VACUUM = {
+    "autovacuum_vacuum_scale_factor": "0",
+    "autovacuum_vacuum_threshold": "5000",
+    "autovacuum_vacuum_cost_limit": "2000",
+    "autovacuum_vacuum_cost_delay": "1",
+}
+STORAGE_PARAMETERS: dict[str, dict[str, str]] = {
+    "leads": {**_HOT_VACUUM, "autovacuum_analyze_scale_factor": "0.02", "fillfactor": "80"},
+    "call_attempts": _HOT_VACUUM,
+    "lead_events": {
+        "autovacuum_vacuum_insert_scale_factor": "0",
+        "autovacuum_vacuum_insert_threshold": "100000",
+        "autovacuum_vacuum_cost_limit": "2000",
+        "autovacuum_vacuum_cost_delay": "1",
+    },
+}
+
+
 class DoNotCall(Base):
     __tablename__ = "dnc"
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
@@ -368,3 +390,53 @@ class AlertEvent(Base):
     outcome: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     __table_args__ = (Index("alert_events_alert_idx", "alert_ref", "id"),)
+
+
+# --- shadow ZSET schedule and parity (dispatcher/shadow.py, dispatcher/parity.py) ---------
+
+
+class ShadowFlag(Base):
+    """Shadow mode on or off: scope '*' for every reseller, else one reseller's override."""
+
+    __tablename__ = "shadow_flags"
+    scope: Mapped[str] = mapped_column(Text, primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    updated_at: Mapped[dt.datetime] = _now()
+
+
+class ParityObservation(Base):
+    """One dispatch decision of either schedule: a real claim ('pg') or a shadow consumer's
+    pop ('zset'). Append-only and unconstrained by foreign keys, so writing it never waits
+    on the real path; BRIN on time keeps a day's report cheap and pruning by time simple."""
+
+    __tablename__ = "parity_observations"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(Text, nullable=False)
+    lead_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    attempt_no: Mapped[int] = mapped_column(Integer, nullable=False)
+    reseller_id: Mapped[str] = mapped_column(Text, nullable=False)
+    due_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    observed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    __table_args__ = (
+        CheckConstraint("path IN ('pg', 'zset')", name="parity_observations_path_ck"),
+        Index("parity_observations_observed_brin", "observed_at", postgresql_using="brin"),
+        Index("parity_observations_lead_idx", "lead_id", "attempt_no"),
+    )
+
+
+class ShadowEvent(Base):
+    """What happened to the shadow itself (faults, failovers, repairs): the report's
+    explanation of each divergence and of how long the ZSET design took to heal."""
+
+    __tablename__ = "shadow_events"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    lead_id: Mapped[int | None] = mapped_column(BigInteger)
+    reseller_id: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    __table_args__ = (Index("shadow_events_at_idx", "at"),)

@@ -11,7 +11,7 @@ import uuid
 import structlog
 from psycopg import Connection
 
-from dispatcher import lifecycle, metrics
+from dispatcher import lifecycle, metrics, wakeup
 from dispatcher.lifecycle import CallEnded
 from dispatcher.runtime import Runtime
 from dispatcher.telephony.base import FINAL_RANK, PROGRESS_RANK, CallEvent, outcome_for
@@ -34,6 +34,7 @@ def apply_event(rt: Runtime, provider: str, event: CallEvent) -> bool:
         ended = apply_status(conn, event)
     if ended is not None:
         rt.channels.release(ended.number_id, str(ended.attempt_id))
+        wakeup.channel_freed(rt)
         metrics.call_ended(ended)
         log.info(
             "call_ended",
@@ -49,20 +50,19 @@ def apply_status(conn: Connection, event: CallEvent) -> CallEnded | None:
     """Move the attempt's call state forward; end the call on a final status.
 
     Shared by the webhook and the reconciler that asks providers about silent calls."""
+    outcome = outcome_for(event.status, event.answered_by) if event.final else ""
+    if event.final and event.attempt_id is not None:
+        # The common case needs no lookup: end_call finds the open attempt itself.
+        ended = _end(conn, event.attempt_id, event, outcome)
+        if ended is not None:
+            return ended
     attempt = _find_attempt(conn, event)
     if attempt is None:
         log.warning("callback_for_unknown_call", call_id=event.call_id)
         return None
     attempt_id: uuid.UUID = attempt["id"]
     if event.final:
-        return lifecycle.end_call(
-            conn,
-            attempt_id,
-            outcome_for(event.status, event.answered_by),
-            duration_s=event.duration_s,
-            answered_by=event.answered_by,
-            digits=event.digits,
-        )
+        return None if attempt_id == event.attempt_id else _end(conn, attempt_id, event, outcome)
     earlier = [s for s, rank in _STATE_RANK.items() if rank < event.rank]
     conn.execute(
         """
@@ -83,6 +83,19 @@ def apply_status(conn: Connection, event: CallEvent) -> CallEnded | None:
         ),
     )
     return None
+
+
+def _end(
+    conn: Connection, attempt_id: uuid.UUID, event: CallEvent, outcome: str
+) -> CallEnded | None:
+    return lifecycle.end_call(
+        conn,
+        attempt_id,
+        outcome,
+        duration_s=event.duration_s,
+        answered_by=event.answered_by,
+        digits=event.digits,
+    )
 
 
 def _find_attempt(conn: Connection, event: CallEvent) -> dict | None:

@@ -102,14 +102,26 @@ def add(conn: Connection, phones: Sequence[str], reseller_id: str | None) -> Add
 
 def is_listed(conn: Connection, phone: str, reseller_id: str | None) -> bool:
     """Whether a lead of `reseller_id` must not call `phone` (an E.164 as leads store it):
-    a global entry or one of that reseller's. One index probe: the dispatcher asks this
-    just before every dial."""
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM dnc WHERE phone = %s"
-        " AND (reseller_id IS NULL OR reseller_id = %s)) AS listed",
-        (phone, reseller_id),
-    ).fetchone()
-    return bool(row and row["listed"])
+    a global entry or one of that reseller's."""
+    return bool(listed_among(conn, [(phone, reseller_id)]))
+
+
+def listed_among(
+    conn: Connection, pairs: Sequence[tuple[str, str | None]]
+) -> set[tuple[str, str | None]]:
+    """The (phone, reseller_id) pairs that must not be called, in one query: the
+    dispatcher asks this just before dialing each batch."""
+    if not pairs:
+        return set()
+    rows = conn.execute(
+        """
+        SELECT p.phone, p.reseller_id FROM unnest(%s::text[], %s::text[]) AS p(phone, reseller_id)
+        WHERE EXISTS (SELECT 1 FROM dnc d WHERE d.phone = p.phone
+                      AND (d.reseller_id IS NULL OR d.reseller_id = p.reseller_id))
+        """,
+        ([p[0] for p in pairs], [p[1] for p in pairs]),
+    ).fetchall()
+    return {(r["phone"], r["reseller_id"]) for r in rows}
 
 
 def remove(conn: Connection, phone: str, reseller_id: str | None) -> bool:

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import Connection
-from psycopg.types.json import Jsonb
 
 from db.models import LEAD_STATUSES
-from dispatcher import policy
+from dispatcher import policy, shadow_hook
 
 NOTIFY_CHANNEL = "switchboard_wakeup"
 _rng = random.SystemRandom()  # retry jitter
@@ -122,7 +121,9 @@ def _transition(
         SELECT * FROM upd
     """
     args = {**params, "to": to, "reason": reason}
-    return conn.execute(sql, args).fetchall()
+    rows = conn.execute(sql, args).fetchall()
+    shadow_hook.changed(rows)  # the shadow ZSET schedule's copy (no-op when shadow is off)
+    return rows
 
 
 # --- creation -------------------------------------------------------------------------
@@ -155,33 +156,29 @@ def create_leads(conn: Connection, leads: Sequence[NewLead]) -> list[int | None]
     already named a lead of the same reseller (the caller resolves those)."""
     if not leads:
         return []
-    ids = [
-        r["id"]
-        for r in conn.execute(
-            "SELECT nextval(pg_get_serial_sequence('leads', 'id')) AS id"
-            " FROM generate_series(1, %s)",
-            (len(leads),),
-        ).fetchall()
-    ]
-    columns: dict[str, list[Any]] = {name: [] for name, _ in _NEW_LEAD_COLUMNS}
-    for lead_id, lead in zip(ids, leads, strict=True):
-        values = {
-            **{name: getattr(lead, name, None) for name, _ in _NEW_LEAD_COLUMNS},
-            "id": lead_id,
-            "payload": Jsonb(lead.payload),
-            "status": "SKIPPED" if lead.skip_reason else "BACKLOG",
-            "reason": lead.skip_reason or "created",
-        }
-        for name, _ in _NEW_LEAD_COLUMNS:
-            columns[name].append(values[name])
-    names = [name for name, _ in _NEW_LEAD_COLUMNS if name != "reason"]
-    unnest = ", ".join(f"%({name})s::{typ}[]" for name, typ in _NEW_LEAD_COLUMNS)
+    import msgspec
+    from psycopg.rows import tuple_row  # only here: the rest of the module uses dict rows
+
+    # One round trip, one parameter: the leads go as one JSON array of objects (encoded
+    # by msgspec in C: per-element array dumping in psycopg cost more than the INSERT
+    # itself), read back by json_to_recordset in input order (WITH ORDINALITY); ids are
+    # drawn in the statement, and every input row comes back with its id, inserted or not.
+    names = [name for name, _ in _NEW_LEAD_COLUMNS if name not in ("id", "status", "reason")]
+    fields = ", ".join(
+        [*(f"{name} {typ}" for name, typ in _NEW_LEAD_COLUMNS if name in names), "skip_reason text"]
+    )
     sql = f"""
-        WITH src AS (
-            SELECT * FROM unnest({unnest}) AS s({", ".join(n for n, _ in _NEW_LEAD_COLUMNS)})
+        WITH seq AS (
+            SELECT pg_get_serial_sequence('leads', 'id')::regclass AS seq
+        ), src AS MATERIALIZED (
+            SELECT nextval(seq.seq) AS id, s.*,
+                CASE WHEN s.skip_reason IS NULL THEN 'BACKLOG' ELSE 'SKIPPED' END AS status,
+                coalesce(s.skip_reason, 'created') AS reason
+            FROM seq, ROWS FROM (json_to_recordset(%s::json) AS ({fields}))
+                WITH ORDINALITY AS s({", ".join(names)}, skip_reason, ord)
         ), ins AS (
-            INSERT INTO leads ({", ".join(names)})
-            SELECT {", ".join(names)} FROM src
+            INSERT INTO leads (id, status, {", ".join(names)})
+            SELECT id, status, {", ".join(names)} FROM src
             ON CONFLICT (reseller_id, idempotency_key) WHERE idempotency_key IS NOT NULL
             DO NOTHING
             RETURNING id, status, next_attempt_at
@@ -189,15 +186,44 @@ def create_leads(conn: Connection, leads: Sequence[NewLead]) -> list[int | None]
             INSERT INTO lead_events (lead_id, from_status, to_status, reason)
             SELECT ins.id, NULL, ins.status, src.reason FROM ins JOIN src ON src.id = ins.id
         )
-        SELECT id, status, next_attempt_at <= now() AS due FROM ins
+        SELECT src.id, ins.status, ins.next_attempt_at <= now()
+        FROM src LEFT JOIN ins ON ins.id = src.id
+        ORDER BY src.ord
     """
-    inserted = {r["id"]: r for r in conn.execute(sql, columns).fetchall()}
+    with conn.cursor(row_factory=tuple_row) as cur:
+        out = cur.execute(sql, (msgspec.json.encode(leads).decode(),)).fetchall()
+    ids = [lead_id for lead_id, _, _ in out]
+    inserted = {
+        lead_id: {"id": lead_id, "status": status, "due": due}
+        for lead_id, status, due in out
+        if status is not None
+    }
     if any(r["status"] == "BACKLOG" and r["due"] for r in inserted.values()):
         notify(conn)
+    shadow_hook.created(ids, leads, inserted)  # the shadow ZSET schedule's copy
     return [lead_id if lead_id in inserted else None for lead_id in ids]
 
 
 # --- the schedule ---------------------------------------------------------------------
+
+
+# The highest-priority-first pick, one index range per priority: in
+# leads_claim_idx (reseller, priority DESC, next_attempt_at, id) `next_attempt_at <= now()`
+# bounds a range only under an exact priority, so ordering by priority over the whole
+# index would read every future-dated lead of a higher priority first (measured: 500k
+# index entries read for 500 due rows with 1M future leads). ARRAY(...) runs once.
+_BY_PRIORITY = """
+    id = ANY(ARRAY(
+        SELECT c.id FROM generate_series(10, 1, -1) AS p(priority),
+        LATERAL (
+            SELECT id, next_attempt_at FROM leads
+            WHERE status = 'BACKLOG' AND reseller_id = %(reseller_id)s
+              AND priority = p.priority AND next_attempt_at <= now()
+            ORDER BY next_attempt_at, id LIMIT %(limit)s
+        ) c
+        ORDER BY p.priority DESC, c.next_attempt_at, c.id LIMIT %(limit)s
+    ))
+"""
 
 
 def claim(
@@ -208,11 +234,15 @@ def claim(
     older claim is recognised as stale."""
     if limit <= 0:
         return []
-    order = "next_attempt_at, id" if oldest_first else "priority DESC, next_attempt_at, id"
+    if oldest_first:
+        where = "reseller_id = %(reseller_id)s AND next_attempt_at <= now()"
+        order_limit = "ORDER BY next_attempt_at, id LIMIT %(limit)s"
+    else:
+        where, order_limit = _BY_PRIORITY, ""
     rows = _transition(
         conn,
-        where="reseller_id = %(reseller_id)s AND next_attempt_at <= now()",
-        order_limit=f"ORDER BY {order} LIMIT %(limit)s",
+        where=where,
+        order_limit=order_limit,
         params={"reseller_id": reseller_id, "limit": limit, "lease_s": lease_s},
         from_=("BACKLOG",),
         to="QUEUED",
@@ -246,15 +276,27 @@ def expire_leases(conn: Connection) -> list[int]:
 
 def lock_queued(conn: Connection, lead_id: int, fence: int) -> Row | None:
     """The claimed lead with its template, locked, if `fence` is still the current claim."""
+    rows = lock_queued_many(conn, [(lead_id, fence)])
+    return rows[0] if rows else None
+
+
+def lock_queued_many(conn: Connection, claims: Sequence[tuple[int, int]]) -> list[Row]:
+    """`lock_queued` for a batch in one statement: the leads whose fence is still current,
+    locked in id order (every batch locks in the same order, so two never deadlock)."""
+    if not claims:
+        return []
     return conn.execute(
         """
         SELECT l.*, t.calling_window, t.retry, t.frequency_cap, now() AS db_now
         FROM leads l JOIN templates t ON t.name = l.template
-        WHERE l.id = %s AND l.fence = %s AND l.status = 'QUEUED'
+        JOIN unnest(%s::bigint[], %s::bigint[]) AS c(id, fence)
+            ON c.id = l.id AND c.fence = l.fence
+        WHERE l.status = 'QUEUED'
+        ORDER BY l.id
         FOR UPDATE OF l
         """,
-        (lead_id, fence),
-    ).fetchone()
+        ([c[0] for c in claims], [c[1] for c in claims]),
+    ).fetchall()
 
 
 def defer(conn: Connection, lead_id: int, fence: int, until: dt.datetime, reason: str) -> bool:
@@ -288,72 +330,138 @@ def finish_unattempted(
     return bool(rows)
 
 
+def finish_unattempted_many(
+    conn: Connection, claims: Sequence[tuple[int, int]], status: str, reason: str
+) -> list[Row]:
+    """QUEUED → EXPIRED or SKIPPED for many (lead id, fence) claims in one statement (a
+    batch message's leads); each lead changes only while that fence is its current claim.
+    The leads are locked in id order. Returns the rows that changed."""
+    assert status in ("EXPIRED", "SKIPPED"), status
+    if not claims:
+        return []
+    return _transition(
+        conn,
+        where="(id, fence) IN (SELECT * FROM unnest(%(ids)s::bigint[], %(fences)s::bigint[]))",
+        params={"ids": [c[0] for c in claims], "fences": [c[1] for c in claims]},
+        from_=("QUEUED",),
+        to=status,
+        reason=reason,
+        set_sql=", lease_expires_at = NULL",
+        order_limit="ORDER BY id",
+    )
+
+
 def start_dialing(conn: Connection, lead_id: int, fence: int, attempt: NewAttempt) -> Row | None:
-    """QUEUED → DIALING and the attempt's row, in one statement: the attempt exists before
-    any provider is asked to call, so a crash after dialing is visible, never re-dialed."""
+    """QUEUED → DIALING and the attempt's row: the attempt exists before any provider is
+    asked to call, so a crash after dialing is visible, never re-dialed."""
+    rows = start_dialing_many(conn, [(lead_id, fence, attempt)])
+    return rows[0] if rows else None
+
+
+def start_dialing_many(
+    conn: Connection, starts: Sequence[tuple[int, int, NewAttempt]]
+) -> list[Row]:
+    """`start_dialing` for a batch: one guarded transition and one attempts insert, each
+    lead only if its fence is still current. Returns the leads that changed."""
+    if not starts:
+        return []
+    ids = [s[0] for s in starts]
     rows = _transition(
         conn,
-        where="id = %(id)s AND fence = %(fence)s",
-        params={"id": lead_id, "fence": fence, "attempt_id": attempt.id},
+        where="(id, fence) IN (SELECT * FROM unnest(%(ids)s::bigint[], %(fences)s::bigint[]))",
+        params={
+            "ids": ids,
+            "fences": [s[1] for s in starts],
+            "attempts": [s[2].id for s in starts],
+        },
         from_=("QUEUED",),
         to="DIALING",
         reason="dialing",
         set_sql=", lease_expires_at = NULL, attempt_count = l.attempt_count + 1,"
-        " current_attempt_id = %(attempt_id)s",
-        attempt_sql="%(attempt_id)s::uuid",
+        " current_attempt_id = (%(attempts)s::uuid[])[array_position(%(ids)s::bigint[], l.id)]",
+        attempt_sql="current_attempt_id",
     )
     if not rows:
-        return None
-    lead = rows[0]
+        return []
+    by_lead = {s[0]: s[2] for s in starts}
+    attempts = [by_lead[r["id"]] for r in rows]
     conn.execute(
         """
         INSERT INTO call_attempts
             (id, lead_id, attempt_no, reseller_id, phone, number_id, number, provider, due_at)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+        SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::int[], %s::text[], %s::text[],
+                             %s::bigint[], %s::text[], %s::text[], %s::timestamptz[])
         """,
         (
-            attempt.id,
-            lead_id,
-            lead["attempt_count"],
-            lead["reseller_id"],
-            lead["phone"],
-            attempt.number_id,
-            attempt.number,
-            attempt.provider,
-            lead["next_attempt_at"],
+            [a.id for a in attempts],
+            [r["id"] for r in rows],
+            [r["attempt_count"] for r in rows],
+            [r["reseller_id"] for r in rows],
+            [r["phone"] for r in rows],
+            [a.number_id for a in attempts],
+            [a.number for a in attempts],
+            [a.provider for a in attempts],
+            [r["next_attempt_at"] for r in rows],
         ),
     )
-    return lead
+    return rows
 
 
 def lock_dialing(conn: Connection, lead_id: int, attempt_id: uuid.UUID) -> Row | None:
     """The lead, locked, while it is still DIALING this attempt (a cancel has not won)."""
+    rows = lock_dialing_many(conn, [(lead_id, attempt_id)])
+    return rows[0] if rows else None
+
+
+def lock_dialing_many(conn: Connection, dials: Sequence[tuple[int, uuid.UUID]]) -> list[Row]:
+    """`lock_dialing` for a batch, in id order like `lock_queued_many`."""
+    if not dials:
+        return []
     return conn.execute(
-        "SELECT * FROM leads WHERE id = %s AND status = 'DIALING' AND current_attempt_id = %s"
-        " FOR UPDATE",
-        (lead_id, attempt_id),
-    ).fetchone()
+        """
+        SELECT l.* FROM leads l
+        JOIN unnest(%s::bigint[], %s::uuid[]) AS d(id, attempt_id)
+            ON d.id = l.id AND d.attempt_id = l.current_attempt_id
+        WHERE l.status = 'DIALING'
+        ORDER BY l.id
+        FOR UPDATE OF l
+        """,
+        ([d[0] for d in dials], [d[1] for d in dials]),
+    ).fetchall()
 
 
 def mark_in_call(
     conn: Connection, lead_id: int, attempt_id: uuid.UUID, provider_call_id: str
 ) -> bool:
     """DIALING → IN_CALL once the provider accepted the call."""
+    return bool(mark_in_call_many(conn, [(lead_id, attempt_id, provider_call_id)]))
+
+
+def mark_in_call_many(conn: Connection, placed: Sequence[tuple[int, uuid.UUID, str]]) -> list[int]:
+    """`mark_in_call` for a batch: the provider's call ids on the attempts, then one
+    guarded transition. Returns the lead ids that changed."""
+    if not placed:
+        return []
+    ids, attempts = [p[0] for p in placed], [p[1] for p in placed]
     conn.execute(
-        "UPDATE call_attempts SET provider_call_id = %s, placed_at = coalesce(placed_at, now())"
-        " WHERE id = %s",
-        (provider_call_id, attempt_id),
+        """
+        UPDATE call_attempts a SET provider_call_id = p.call_id,
+            placed_at = coalesce(a.placed_at, now())
+        FROM unnest(%s::uuid[], %s::text[]) AS p(id, call_id) WHERE a.id = p.id
+        """,
+        (attempts, [p[2] for p in placed]),
     )
     rows = _transition(
         conn,
-        where="id = %(id)s AND current_attempt_id = %(attempt_id)s",
-        params={"id": lead_id, "attempt_id": attempt_id},
+        where="(id, current_attempt_id) IN"
+        " (SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::uuid[]))",
+        params={"ids": ids, "attempts": attempts},
         from_=("DIALING",),
         to="IN_CALL",
         reason="provider_accepted",
-        attempt_sql="%(attempt_id)s::uuid",
+        attempt_sql="current_attempt_id",
     )
-    return bool(rows)
+    return [r["id"] for r in rows]
 
 
 def end_call(
@@ -370,22 +478,24 @@ def end_call(
 
     None when the attempt had already ended (a repeated or late final status). Locks
     the lead before the attempt, the order every writer of both follows."""
-    found = conn.execute(
-        "SELECT lead_id FROM call_attempts WHERE id = %s AND ended_at IS NULL", (attempt_id,)
-    ).fetchone()
-    if found is None:
-        return None
+    # One statement finds the open attempt and locks its lead (the lead before the
+    # attempt: the order every writer of both follows).
     lead = conn.execute(
         """
         SELECT l.id, l.status, l.current_attempt_id, l.attempt_count, l.max_attempts,
                l.phone, l.timezone, l.execution_mode, l.expires_at, l.alert_ref,
                t.retry, t.calling_window, now() AS db_now
-        FROM leads l JOIN templates t ON t.name = l.template
-        WHERE l.id = %s
+        FROM call_attempts a
+        JOIN leads l ON l.id = a.lead_id JOIN templates t ON t.name = l.template
+        WHERE a.id = %s AND a.ended_at IS NULL
         FOR UPDATE OF l
         """,
-        (found["lead_id"],),
+        (attempt_id,),
     ).fetchone()
+    if lead is None:
+        return None
+    # The caller releases the channel slot and wakes the schedulers after the commit
+    # (`wakeup.channel_freed`): a NOTIFY here would serialise every call end's commit.
     attempt = conn.execute(
         """
         UPDATE call_attempts SET outcome = %s, error = coalesce(%s, error),
@@ -398,11 +508,8 @@ def end_call(
     ).fetchone()
     if attempt is None:
         return None
-    if lead is not None and (
-        lead["status"] not in ("DIALING", "IN_CALL") or lead["current_attempt_id"] != attempt_id
-    ):
+    if lead["status"] not in ("DIALING", "IN_CALL") or lead["current_attempt_id"] != attempt_id:
         lead = None
-    notify(conn)  # a channel is free either way
     if lead is None:
         return CallEnded(attempt_id, attempt["lead_id"], attempt["number_id"], outcome, None)
     status, next_at, reason = _after_call(lead, outcome, attempt["started_at"])

@@ -76,6 +76,22 @@ RECONCILER_REPAIRS = Counter(
     ["kind"],
 )
 
+# The shadow ZSET schedule (dispatcher/shadow.py): its Redis errors never reach the real
+# path, so this counter is where they show.
+SHADOW_REDIS_ERRORS = Counter(
+    "switchboard_shadow_redis_errors",
+    "Redis errors the shadow ZSET schedule absorbed, by where (zadd, zrem, promote, consume,"
+    " reconcile, reap, sentinel, leader) and error class (connection, timeout, loading,"
+    " readonly, response, other).",
+    ["where", "error"],
+)
+SHADOW_OBSERVATIONS = Counter(
+    "switchboard_shadow_observations",
+    "Parity observations recorded, by path: pg (a real claim of a shadowed lead) or zset"
+    " (a shadow consumer's pop).",
+    ["path"],
+)
+
 ALERT_CALLS_CAPPED = Counter(
     "switchboard_alert_calls_capped",
     "Alert members not called because a flood cap was reached, by reason: reseller_window"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import structlog
 from psycopg import Connection
 
-from dispatcher import lifecycle, metrics
+from dispatcher import lifecycle, metrics, wakeup
 from dispatcher.callbacks import apply_status
 from dispatcher.lifecycle import CallEnded
 from dispatcher.runtime import Runtime
@@ -97,6 +97,8 @@ def end_silent_calls(rt: Runtime) -> int:
                     rt.channels.release(result.number_id, str(result.attempt_id))
                     metrics.call_ended(result)
                     ended += 1
+            if ended:
+                wakeup.channel_freed(rt)
         finally:
             conn.rollback()
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_CALLS,))

@@ -37,13 +37,17 @@ class Runtime:
             lease_s=settings.max_call_s + settings.call_grace_s,
             grace_s=settings.call_grace_s,
         )
-        return cls(
+        rt = cls(
             settings,
             pool,
             client,
             channels,
             providers if providers is not None else default_providers(settings),
         )
+        from dispatcher import shadow  # the shadow ZSET schedule's mirror, once per process
+
+        shadow.install(rt)
+        return rt
 
     def provider(self, name: str) -> Provider:
         try:
@@ -52,6 +56,9 @@ class Runtime:
             raise LookupError(f"no provider named {name!r} is configured") from None
 
     def close(self) -> None:
+        from dispatcher import shadow
+
+        shadow.uninstall(self)
         for provider in self.providers.values():
             close = getattr(provider, "close", None)
             if close is not None:
@@ -61,7 +68,8 @@ class Runtime:
 
 
 def default_providers(settings: Settings) -> dict[str, Provider]:
-    """The simulator always; Twilio when its credentials are set."""
+    """The simulator always; Twilio when its credentials are set; the benchmark's instant
+    provider only when asked for."""
     from dispatcher.telephony.simulator import SimulatorProvider
 
     providers: dict[str, Provider] = {
@@ -77,4 +85,8 @@ def default_providers(settings: Settings) -> dict[str, Provider]:
             settings.twilio_auth_token,
             timeout_s=settings.provider_timeout_s,
         )
+    if settings.instant_provider:
+        from dispatcher.telephony.instant import NAME, InstantProvider
+
+        providers[NAME] = InstantProvider(settings)
     return providers

@@ -2,12 +2,13 @@
 the dispatch actor. Any number may run; SKIP LOCKED needs no leader.
 
 It sleeps until the earliest of a NOTIFY (a lead became due, a channel was freed), the
-next lead's `next_attempt_at`, the next reconcile pass, or a short safety timeout: no
-fixed polling tick.
+next lead's `next_attempt_at`, or a short safety timeout: no fixed polling tick. The
+reconcilers and the health monitor run on a thread beside the claims.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -22,12 +23,14 @@ from dispatcher import controls, fairness, heartbeat, lifecycle, metrics, monito
 from dispatcher.controls import Paused
 from dispatcher.lifecycle import Claimed
 from dispatcher.runtime import Runtime
+from dispatcher.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 Send = Callable[[Sequence[Claimed]], None]
 T = TypeVar("T")
 CLAIM_LOCK = 727_000  # advisory lock: one scheduler allocates claims at a time
+NOTIFY_COALESCE_S = 0.005  # bounds the latency it adds; see `run`
 
 
 @dataclass(frozen=True)
@@ -70,11 +73,34 @@ def capacity(rt: Runtime, conn: Connection, paused_numbers: Collection[int] = ()
     return Capacity(max(total - (queued["n"] if queued else 0), 0), wake)
 
 
-def seconds_until_next_due(conn: Connection) -> float | None:
-    row = conn.execute(
-        "SELECT extract(epoch FROM min(next_attempt_at) - now()) AS s FROM leads"
-        " WHERE status = 'BACKLOG'"
-    ).fetchone()
+def seconds_until_next_due(conn: Connection, paused: Collection[str] = ()) -> float | None:
+    """Until the next lead a claim may take is due. Paused resellers' leads do not count:
+    their overdue leads would keep the loop from ever sleeping."""
+    if not paused:
+        row = conn.execute(
+            "SELECT extract(epoch FROM min(next_attempt_at) - now()) AS s FROM leads"
+            " WHERE status = 'BACKLOG'"
+        ).fetchone()
+    else:  # the resellers in the backlog (a loose index scan), then each one's earliest
+        row = conn.execute(
+            """
+            WITH RECURSIVE r(reseller_id) AS (
+                (SELECT reseller_id FROM leads WHERE status = 'BACKLOG'
+                 ORDER BY reseller_id LIMIT 1)
+                UNION ALL
+                SELECT (SELECT l.reseller_id FROM leads l
+                        WHERE l.status = 'BACKLOG' AND l.reseller_id > r.reseller_id
+                        ORDER BY l.reseller_id LIMIT 1)
+                FROM r WHERE r.reseller_id IS NOT NULL
+            )
+            SELECT extract(epoch FROM min(n.at) - now()) AS s
+            FROM r, LATERAL (SELECT next_attempt_at AS at FROM leads
+                             WHERE status = 'BACKLOG' AND reseller_id = r.reseller_id
+                             ORDER BY next_attempt_at LIMIT 1) n
+            WHERE r.reseller_id IS NOT NULL AND NOT (r.reseller_id = ANY(%s))
+            """,
+            (list(paused),),
+        ).fetchone()
     return None if row is None or row["s"] is None else max(float(row["s"]), 0.0)
 
 
@@ -118,46 +144,69 @@ def tick(rt: Runtime, send: Send) -> Tick:
         if claimed and len(claimed) == limit:
             return Tick(len(claimed), free, 0.0)
         # Nothing more is due now, or no channel is free (then a NOTIFY wakes us).
-        wait = seconds_until_next_due(conn) if free > len(claimed) else None
+        wait = seconds_until_next_due(conn, paused.resellers) if free > len(claimed) else None
     waits = (wait, cap.cps_wake_s, settings.scheduler_safety_s)
     return Tick(len(claimed), free, min(w for w in waits if w is not None))
 
 
 def run(rt: Runtime, send: Send, stop: threading.Event) -> None:
-    """Loop until `stop` is set."""
+    """Claim until `stop` is set; the housekeeping runs beside it on its own thread."""
     settings = rt.settings
     assert settings.database_url
     listener = connect(settings.database_url, autocommit=True)
     listener.execute(f"LISTEN {lifecycle.NOTIFY_CHANNEL}")
     beats = heartbeat.Heartbeats.open(settings)
-    next_reconcile = next_sample = 0.0
-    # The first health check waits one interval: workers started with us need to beat.
-    next_monitor = time.monotonic() + settings.monitor_interval_s
+    chores = threading.Thread(
+        target=housekeeping, args=(rt, stop), name="housekeeping", daemon=True
+    )
+    chores.start()
     log.info("scheduler_started")
     try:
         while not stop.is_set():
             beats.beat_safely(heartbeat.SCHEDULER)  # /health: this loop is turning
             metrics.scheduler_loop()
-            if settings.scheduler_metrics_port and time.monotonic() >= next_sample:
-                _guarded(metrics.sample_backlog, rt)
-                next_sample = time.monotonic() + settings.metrics_sample_s
-            if time.monotonic() >= next_reconcile:
-                _guarded(reconcile.run_all, rt)
-                next_reconcile = time.monotonic() + settings.reconcile_interval_s
-            if settings.monitor_interval_s and time.monotonic() >= next_monitor:
-                _guarded(monitor.check_health, rt)
-                next_monitor = time.monotonic() + settings.monitor_interval_s
             result = _guarded(tick, rt, send)
             sleep_s = settings.scheduler_safety_s if result is None else result.sleep_s
-            sleep_s = min(sleep_s, max(next_reconcile - time.monotonic(), 0.0))
             if sleep_s > 0:
                 for _ in listener.notifies(timeout=sleep_s, stop_after=1):
-                    pass
+                    # Call ends and new leads NOTIFY in bursts: let a few gather and
+                    # answer them with one claim, not one claim each.
+                    time.sleep(NOTIFY_COALESCE_S)
+                for _ in listener.notifies(timeout=0):
+                    pass  # drain what gathered
     finally:
+        stop.set()
+        chores.join(timeout=rt.settings.provider_timeout_s + 5)  # a lookup in flight
         listener.close()
         beats.forget(heartbeat.SCHEDULER)
         beats.close()
         log.info("scheduler_stopped")
+
+
+def housekeeping(rt: Runtime, stop: threading.Event) -> None:
+    """Reconcilers, backlog gauges and the health monitor, each on its interval, on a
+    thread of their own: a reconciler asking a slow provider about silent calls must
+    never hold up claims."""
+    settings = rt.settings
+    next_reconcile = next_sample = 0.0
+    # The first health check waits one interval: workers started with us need to beat.
+    next_monitor = time.monotonic() + settings.monitor_interval_s
+    while not stop.is_set():
+        if settings.scheduler_metrics_port and time.monotonic() >= next_sample:
+            _guarded(metrics.sample_backlog, rt)
+            next_sample = time.monotonic() + settings.metrics_sample_s
+        if time.monotonic() >= next_reconcile:
+            _guarded(reconcile.run_all, rt)
+            next_reconcile = time.monotonic() + settings.reconcile_interval_s
+        if settings.monitor_interval_s and time.monotonic() >= next_monitor:
+            _guarded(monitor.check_health, rt)
+            next_monitor = time.monotonic() + settings.monitor_interval_s
+        due = [next_reconcile]
+        if settings.scheduler_metrics_port:
+            due.append(next_sample)
+        if settings.monitor_interval_s:
+            due.append(next_monitor)
+        stop.wait(max(min(due) - time.monotonic(), 0.0))
 
 
 def _guarded(fn: Callable[..., T], *args: object) -> T | None:
@@ -170,8 +219,24 @@ def _guarded(fn: Callable[..., T], *args: object) -> T | None:
         return None
 
 
-def send_to_dramatiq(claimed: Sequence[Claimed]) -> None:
-    from dispatcher.actors import dispatch_lead
+def batches(claimed: Sequence[Claimed], slots: int, most: int) -> list[list[Claimed]]:
+    """Split a claim into messages: spread over the workers' `slots` (threads in all
+    processes) so that none waits while another holds a long batch, and at most `most`
+    leads per message (a batch's calls are placed one after another)."""
+    if not claimed:
+        return []
+    size = max(1, min(most, math.ceil(len(claimed) / max(slots, 1))))
+    return [list(claimed[i : i + size]) for i in range(0, len(claimed), size)]
 
-    for c in claimed:
-        dispatch_lead.send(c.lead_id, c.fence)
+
+def sender(settings: Settings) -> Send:
+    """Hand claims to the dispatch actor in batches."""
+    from dispatcher.actors import dispatch_leads
+
+    slots = settings.worker_processes * settings.worker_threads
+
+    def send(claimed: Sequence[Claimed]) -> None:
+        for batch in batches(claimed, slots, settings.dispatch_batch):
+            dispatch_leads.send([[c.lead_id, c.fence] for c in batch])
+
+    return send

@@ -53,11 +53,14 @@ class Settings:
     # Longest the scheduler sleeps without a NOTIFY or a known due time.
     scheduler_safety_s: float = field(default=1.0, metadata=_env("SWITCHBOARD_SCHEDULER_SAFETY_S"))
     claim_batch: int = field(default=500, metadata=_env("SWITCHBOARD_CLAIM_BATCH"))
+    # Most leads per dispatch message; a batch's calls are placed one after another, so
+    # keep it small with a slow provider (each place-call waits for its answer).
+    dispatch_batch: int = field(default=20, metadata=_env("SWITCHBOARD_DISPATCH_BATCH"))
     provider_timeout_s: float = field(default=10.0, metadata=_env("SWITCHBOARD_PROVIDER_TIMEOUT_S"))
     worker_processes: int = field(default=1, metadata=_env("SWITCHBOARD_WORKER_PROCESSES"))
     worker_threads: int = field(default=8, metadata=_env("SWITCHBOARD_WORKER_THREADS"))
     # Longest an idle worker waits before polling Redis again: bounds pickup latency.
-    worker_poll_ms: int = field(default=50, metadata=_env("SWITCHBOARD_WORKER_POLL_MS"))
+    worker_poll_ms: int = field(default=10, metadata=_env("SWITCHBOARD_WORKER_POLL_MS"))
     db_pool_size: int = field(default=10, metadata=_env("SWITCHBOARD_DB_POOL_SIZE"))
     twilio_account_sid: str | None = field(default=None, metadata=_env("TWILIO_ACCOUNT_SID"))
     twilio_auth_token: str | None = field(default=None, metadata=_env("TWILIO_AUTH_TOKEN"))
@@ -115,6 +118,33 @@ class Settings:
     )
     monitor_webhook_timeout_s: float = field(
         default=3.0, metadata=_env("SWITCHBOARD_MONITOR_WEBHOOK_TIMEOUT_S")
+    )
+    # Benchmarks only: numbers with provider "instant" end every call at once, completed.
+    instant_provider: bool = field(default=False, metadata=_env("SWITCHBOARD_INSTANT_PROVIDER"))
+    # --- shadow ZSET schedule (dispatcher/shadow.py; on/off lives in the shadow_flags table) --
+    # Prefix of the shadow's Redis keys; the rest are the seed's names (schedule:leads, ...).
+    shadow_prefix: str = field(default="shadow:", metadata=_env("SWITCHBOARD_SHADOW_PREFIX"))
+    shadow_shards: int = field(default=4, metadata=_env("SWITCHBOARD_SHADOW_SHARDS"))
+    shadow_consumers: int = field(default=4, metadata=_env("SWITCHBOARD_SHADOW_CONSUMERS"))
+    shadow_promoter_tick_s: float = field(
+        default=0.2, metadata=_env("SWITCHBOARD_SHADOW_PROMOTER_TICK_S")
+    )
+    shadow_lock_ttl_s: float = field(default=5.0, metadata=_env("SWITCHBOARD_SHADOW_LOCK_TTL_S"))
+    shadow_lock_renew_s: float = field(
+        default=2.0, metadata=_env("SWITCHBOARD_SHADOW_LOCK_RENEW_S")
+    )
+    shadow_backlog_reconcile_s: float = field(
+        default=60.0, metadata=_env("SWITCHBOARD_SHADOW_BACKLOG_RECONCILE_S")
+    )
+    shadow_reap_s: float = field(default=30.0, metadata=_env("SWITCHBOARD_SHADOW_REAP_S"))
+    # A processing-list entry held this long is stuck (its consumer died): re-scheduled.
+    shadow_stuck_s: float = field(default=300.0, metadata=_env("SWITCHBOARD_SHADOW_STUCK_S"))
+    shadow_retention_days: int = field(
+        default=7, metadata=_env("SWITCHBOARD_SHADOW_RETENTION_DAYS")
+    )
+    # How stale a process's copy of shadow_flags may be: a switch takes effect within it.
+    shadow_flag_refresh_s: float = field(
+        default=1.0, metadata=_env("SWITCHBOARD_SHADOW_FLAG_REFRESH_S")
     )
     log_level: str = field(default="INFO", metadata=_env("SWITCHBOARD_LOG_LEVEL"))
     log_json: bool = field(default=True, metadata=_env("SWITCHBOARD_LOG_JSON"))

@@ -21,14 +21,17 @@ from dispatcher.telephony.memory import InMemoryProvider
 def stub() -> Iterator[StubBroker]:
     broker = StubBroker()
     broker.emit_after("process_boot")
+    mine = (actors.dispatch_lead, actors.dispatch_leads)
     original = actors.dispatch_lead.broker
-    actors.dispatch_lead.broker = broker
-    broker.declare_actor(actors.dispatch_lead)
+    for actor in mine:
+        actor.broker = broker
+        broker.declare_actor(actor)
     worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=2)
     worker.start()
     yield broker
     worker.stop()
-    actors.dispatch_lead.broker = original
+    for actor in mine:
+        actor.broker = original
 
 
 @pytest.fixture()
@@ -59,11 +62,12 @@ def test_scheduler_messages_reach_the_actor_once(
             [NewLead("r1", f"+1415555010{i}", "default", now) for i in range(5)],
         )
     sent: list[lifecycle.Claimed] = []
+    to_dramatiq = scheduler.sender(runtime.settings)
 
     def send(claimed: list[lifecycle.Claimed]) -> None:
         sent.extend(claimed)
-        scheduler.send_to_dramatiq(claimed)
-        scheduler.send_to_dramatiq(claimed)  # at-least-once: every message delivered twice
+        to_dramatiq(claimed)
+        to_dramatiq(claimed)  # at-least-once: every message delivered twice
 
     scheduler.tick(runtime, send)  # type: ignore[arg-type]
     stub.join(actors.DISPATCH_QUEUE, fail_fast=True)

@@ -316,3 +316,49 @@ def test_calls_per_second_limit_spaces_calls_and_says_how_long_to_wait(redis_url
     # 2 calls per second never puts 3 calls in any 1-second window.
     assert 2 * cps_interval_ms(2.0) > 1000
     client.close()
+
+
+def test_a_batch_settles_each_lead_on_its_own(rt: Runtime, provider: InMemoryProvider) -> None:
+    """One message, five leads: each gets the outcome it would get alone (two channels)."""
+    from dispatcher.dispatch import dispatch_batch
+
+    ids = _add_leads(rt, 5)
+    with rt.pool.connection() as conn:
+        conn.execute("INSERT INTO dnc (phone, reseller_id) VALUES ('+14155550001', NULL)")
+        with conn.transaction():
+            claimed = {c.lead_id: c for c in lifecycle.claim(conn, "r1", 5, 30.0)}
+    stale, listed, first, second, third = ids
+    batch = [(lead_id, claimed[lead_id].fence) for lead_id in ids]
+    batch[0] = (stale, claimed[stale].fence - 1)  # an older claim's message
+    results = dispatch_batch(rt, batch)
+    assert results == {
+        stale: "stale",
+        listed: "do_not_call",
+        first: "placed",
+        second: "placed",
+        third: "deferred:no_free_channel",
+    }
+    assert sorted(r.lead_id for r in provider.requests) == [first, second]
+    assert [_status(rt, i) for i in ids] == ["QUEUED", "SKIPPED", "IN_CALL", "IN_CALL", "BACKLOG"]
+    with rt.pool.connection() as conn:
+        attempts = conn.execute(
+            "SELECT lead_id, number_id, placed_at IS NOT NULL AS placed, provider_call_id"
+            " FROM call_attempts ORDER BY lead_id"
+        ).fetchall()
+        events = conn.execute(
+            "SELECT lead_id, to_status, attempt_id IS NOT NULL AS has_attempt FROM lead_events"
+            " WHERE to_status IN ('DIALING', 'IN_CALL') ORDER BY lead_id, id"
+        ).fetchall()
+    assert [(a["lead_id"], a["placed"]) for a in attempts] == [(first, True), (second, True)]
+    assert {a["provider_call_id"] for a in attempts} == {
+        provider.calls[r.attempt_id].call_id for r in provider.requests
+    }
+    assert [(e["lead_id"], e["to_status"], e["has_attempt"]) for e in events] == [
+        (first, "DIALING", True),
+        (first, "IN_CALL", True),
+        (second, "DIALING", True),
+        (second, "IN_CALL", True),
+    ]
+    # The message redelivered: nothing is dialed again.
+    assert set(dispatch_batch(rt, batch).values()) == {"stale"}
+    assert len(provider.requests) == 2

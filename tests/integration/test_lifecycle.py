@@ -140,3 +140,45 @@ def test_cancel_wins_only_before_the_call(conn: psycopg.Connection) -> None:
     lifecycle.mark_in_call(conn, b, attempt.id, "CA2")
     assert lifecycle.cancel(conn, b) is None  # IN_CALL: too late
     conn.commit()
+
+
+def test_claim_takes_due_leads_by_priority_past_future_ones(conn: psycopg.Connection) -> None:
+    """Future leads of a higher priority neither block nor precede due ones."""
+    now = dt.datetime.now(dt.UTC)
+    later = now + dt.timedelta(hours=1)
+    ids = lifecycle.create_leads(
+        conn,
+        [
+            _lead(priority=10, next_attempt_at=later),
+            _lead(priority=3, next_attempt_at=now - dt.timedelta(seconds=5)),
+            _lead(priority=7, next_attempt_at=now - dt.timedelta(seconds=1)),
+            _lead(priority=7, next_attempt_at=now - dt.timedelta(seconds=2)),
+            _lead(priority=10, next_attempt_at=later),
+        ],
+    )
+    conn.commit()
+    first = lifecycle.claim(conn, "r1", 2, 30.0)
+    rest = lifecycle.claim(conn, "r1", 5, 30.0)
+    conn.commit()
+    assert [c.lead_id for c in first] == [ids[3], ids[2]]  # priority 7, oldest first
+    assert [c.lead_id for c in rest] == [ids[1]]  # then 3; the future 10s stay
+
+
+def test_paused_resellers_overdue_leads_do_not_wake_the_scheduler(
+    conn: psycopg.Connection,
+) -> None:
+    from dispatcher.scheduler import seconds_until_next_due
+
+    now = dt.datetime.now(dt.UTC)
+    lifecycle.create_leads(
+        conn,
+        [
+            _lead(reseller_id="paused", next_attempt_at=now - dt.timedelta(minutes=5)),
+            _lead(reseller_id="r1", next_attempt_at=now + dt.timedelta(seconds=60)),
+        ],
+    )
+    conn.commit()
+    assert seconds_until_next_due(conn) == 0.0
+    waits = seconds_until_next_due(conn, {"paused"})
+    assert waits is not None and 55 < waits <= 60
+    assert seconds_until_next_due(conn, {"paused", "r1"}) is None

@@ -21,6 +21,9 @@ TABLES = {
     "lead_events",
     "leads",
     "outbound_numbers",
+    "parity_observations",
+    "shadow_events",
+    "shadow_flags",
     "templates",
     "webhook_events",
 }
