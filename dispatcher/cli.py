@@ -84,9 +84,14 @@ def scheduler(database_url: DatabaseOpt = None, redis_url: RedisOpt = None) -> N
         signal.signal(sig, lambda *_: stop.set())
     metrics.serve(settings.scheduler_metrics_port, settings.metrics_host)
     rt = Runtime.open(settings)
+    from dispatcher.shadow import SchedulerShadow
+
+    shadow = SchedulerShadow.start_for(rt)  # idle until a shadow flag is on
     try:
-        sched.run(rt, sched.send_to_dramatiq, stop)
+        sched.run(rt, sched.sender(settings), stop)
     finally:
+        if shadow is not None:
+            shadow.stop()
         rt.close()
 
 
@@ -225,6 +230,15 @@ app.command("recover")(recovery.recover_command)
 from dispatcher import ops_cli  # noqa: E402
 
 app.add_typer(ops_cli.ops_app, name="ops")
+from dispatcher.parity_cli import parity_app  # noqa: E402
+
+app.add_typer(parity_app, name="parity")
+from dispatcher import shadow_cli  # noqa: E402
+
+app.add_typer(shadow_cli.shadow_app, name="shadow")
+from dispatcher.bench.cli import bench_app  # noqa: E402
+
+app.add_typer(bench_app, name="bench")
 
 
 if __name__ == "__main__":
