@@ -527,12 +527,18 @@ def _histogram(ordered: Sequence[float]) -> dict[str, Any]:
 
 
 def _timeline(divergences: Sequence[Divergence]) -> dict[str, Any]:
-    """Divergences per minute (per hour past six hours of span), by class."""
+    """Divergences per second (a span up to ten minutes: a rehearsal), per minute (up to six
+    hours) or per hour, by class."""
     if not divergences:
         return {"bucket": "minute", "rows": []}
     firsts = [d.first_us for d in divergences]
     span = max(firsts) - min(firsts)
-    bucket, size = ("minute", 60 * US_PER_S) if span <= 6 * US_PER_HOUR else ("hour", US_PER_HOUR)
+    if span <= 600 * US_PER_S:
+        bucket, size = "second", US_PER_S
+    elif span <= 6 * US_PER_HOUR:
+        bucket, size = "minute", 60 * US_PER_S
+    else:
+        bucket, size = "hour", US_PER_HOUR
     rows: dict[int, Counter[str]] = defaultdict(Counter)
     for d in divergences:
         rows[d.first_us // size * size][d.cls] += 1

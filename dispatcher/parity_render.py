@@ -370,7 +370,7 @@ def skew_png(report: dict[str, Any]) -> bytes:
 
 
 def timeline_png(report: dict[str, Any]) -> bytes:
-    """Divergences per minute (or hour) stacked by class."""
+    """Divergences per second, minute or hour, stacked by class."""
     from matplotlib.figure import Figure
 
     tl = report["divergence_timeline"]
@@ -378,7 +378,7 @@ def timeline_png(report: dict[str, Any]) -> bytes:
     ax = fig.subplots()
     if tl["rows"]:
         times = [r["at"] for r in tl["rows"]]
-        width = dt.timedelta(minutes=1 if tl["bucket"] == "minute" else 60) * 0.9
+        width = dt.timedelta(seconds={"second": 1, "minute": 60}.get(tl["bucket"], 3600)) * 0.9
         bottom = [0] * len(times)
         for c in CLASSES:
             heights = [r.get(c, 0) for r in tl["rows"]]

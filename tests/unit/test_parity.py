@@ -251,3 +251,15 @@ def test_promoter_down_rule_takeover_tick() -> None:
     # Observed by both before the last tick ahead of the pause: not waiting through it.
     before = div(path="both", due=T0 - 9 * S, pg=T0 - 9 * S, zset=T0 - 6 * S)
     assert classify(before, Context(promoter_gaps=[gap], tolerance_us=0)) == "other"
+
+
+def test_timeline_buckets_follow_the_span() -> None:
+    from dispatcher.parity import _timeline
+
+    s = 1_000_000
+    short = [div(pg=T0 + i * s) for i in (0, 0, 3)]
+    tl = _timeline(short)
+    assert tl["bucket"] == "second"
+    assert [sum(v for k, v in r.items() if k != "at") for r in tl["rows"]] == [2, 1]
+    assert _timeline([div(pg=T0), div(pg=T0 + 3600 * s)])["bucket"] == "minute"
+    assert _timeline([div(pg=T0), div(pg=T0 + 7 * 3600 * s)])["bucket"] == "hour"
