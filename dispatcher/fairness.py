@@ -56,20 +56,27 @@ def oldest_quota(claimed_before: int, count: int) -> int:
     return (claimed_before + count) // AGING_EVERY - claimed_before // AGING_EVERY
 
 
+# The distinct resellers with BACKLOG leads, as `r`: a loose index scan (one probe per
+# reseller) over the claim indexes; prefix of a query that reads `r`.
+BACKLOG_RESELLERS = """
+    WITH RECURSIVE r(reseller_id) AS (
+        (SELECT reseller_id FROM leads WHERE status = 'BACKLOG'
+         ORDER BY reseller_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT l.reseller_id FROM leads l
+                WHERE l.status = 'BACKLOG' AND l.reseller_id > r.reseller_id
+                ORDER BY l.reseller_id LIMIT 1)
+        FROM r WHERE r.reseller_id IS NOT NULL
+    )
+"""
+
+
 def active_resellers(conn: Connection, exclude: Collection[str]) -> list[str]:
     """Resellers with a due BACKLOG lead: a loose index scan over the distinct resellers
     in the backlog, then one index probe each (resellers are few; leads are many)."""
     rows = conn.execute(
-        """
-        WITH RECURSIVE r(reseller_id) AS (
-            (SELECT reseller_id FROM leads WHERE status = 'BACKLOG'
-             ORDER BY reseller_id LIMIT 1)
-            UNION ALL
-            SELECT (SELECT l.reseller_id FROM leads l
-                    WHERE l.status = 'BACKLOG' AND l.reseller_id > r.reseller_id
-                    ORDER BY l.reseller_id LIMIT 1)
-            FROM r WHERE r.reseller_id IS NOT NULL
-        )
+        BACKLOG_RESELLERS
+        + """
         SELECT r.reseller_id FROM r
         WHERE r.reseller_id IS NOT NULL AND NOT (r.reseller_id = ANY(%s))
           AND EXISTS (SELECT 1 FROM leads d WHERE d.status = 'BACKLOG'

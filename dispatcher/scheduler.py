@@ -83,16 +83,8 @@ def seconds_until_next_due(conn: Connection, paused: Collection[str] = ()) -> fl
         ).fetchone()
     else:  # the resellers in the backlog (a loose index scan), then each one's earliest
         row = conn.execute(
-            """
-            WITH RECURSIVE r(reseller_id) AS (
-                (SELECT reseller_id FROM leads WHERE status = 'BACKLOG'
-                 ORDER BY reseller_id LIMIT 1)
-                UNION ALL
-                SELECT (SELECT l.reseller_id FROM leads l
-                        WHERE l.status = 'BACKLOG' AND l.reseller_id > r.reseller_id
-                        ORDER BY l.reseller_id LIMIT 1)
-                FROM r WHERE r.reseller_id IS NOT NULL
-            )
+            fairness.BACKLOG_RESELLERS
+            + """
             SELECT extract(epoch FROM min(n.at) - now()) AS s
             FROM r, LATERAL (SELECT next_attempt_at AS at FROM leads
                              WHERE status = 'BACKLOG' AND reseller_id = r.reseller_id
