@@ -41,7 +41,7 @@ class Settings:
     public_url: str | None = field(default=None, metadata=_env("SWITCHBOARD_PUBLIC_URL"))
     redis_prefix: str = field(default="sb", metadata=_env("SWITCHBOARD_REDIS_PREFIX"))
     # A claimed lead must reach DIALING within this many seconds or it returns to BACKLOG.
-    lease_s: float = field(default=30.0, metadata=_env("SWITCHBOARD_LEASE_S"))
+    lease_s: float = field(default=20.0, metadata=_env("SWITCHBOARD_LEASE_S"))
     # Longest call we expect; past it (plus grace) a call with no final status is reconciled.
     max_call_s: float = field(default=3600.0, metadata=_env("SWITCHBOARD_MAX_CALL_S"))
     call_grace_s: float = field(default=60.0, metadata=_env("SWITCHBOARD_CALL_GRACE_S"))

@@ -302,7 +302,7 @@ def crash_command(
     seed: Annotated[int, typer.Option(help="random kill times and targets")] = 1,
     settle_timeout_s: Annotated[float, typer.Option(help="most wait for all final")] = 600.0,
     lease_s: Annotated[
-        float | None, typer.Option(help="claim lease (default: SWITCHBOARD_LEASE_S, 30)")
+        float | None, typer.Option(help="claim lease (default: SWITCHBOARD_LEASE_S, 20)")
     ] = None,
     max_call_s: Annotated[
         float | None,
